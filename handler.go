@@ -1,0 +1,5 @@
+package falwebhook
+
+type middlewareConfig struct{}
+
+func defaultMiddlewareConfig() middlewareConfig { return middlewareConfig{} }
