@@ -143,21 +143,15 @@ func (e *Event) parse(body []byte) error {
 		return fmt.Errorf("%w: body is a JSON %s, not an object", ErrInvalidEvent, jsonKind(trimmed))
 	}
 
-	dec := json.NewDecoder(bytes.NewReader(trimmed))
-	if _, err := dec.Token(); err != nil { // the '{'
-		return fmt.Errorf("%w: %w", ErrInvalidEvent, err)
-	}
+	// trimmed is valid JSON, so a plain scan can walk its top-level members.
 	var seen int
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return fmt.Errorf("%w: %w", ErrInvalidEvent, err)
+	sc := objectScanner{b: trimmed, i: 1}
+	for {
+		key, raw, ok := sc.next()
+		if !ok {
+			break
 		}
-		key, _ := tok.(string)
-		var raw json.RawMessage
-		if err := dec.Decode(&raw); err != nil {
-			return fmt.Errorf("%w: value of %q: %w", ErrInvalidEvent, key, err)
-		}
+		var err error
 		var bit int
 		switch key {
 		case "request_id":
@@ -171,7 +165,7 @@ func (e *Event) parse(body []byte) error {
 		case "error":
 			bit, err = seenError, decodeString(raw, &e.Error, true)
 		case "payload":
-			bit, e.Payload = seenPayload, raw
+			bit, e.Payload = seenPayload, bytes.Clone(raw)
 		case "payload_error":
 			bit, err = seenPayloadError, decodeString(raw, &e.PayloadError, true)
 		default:
@@ -203,6 +197,10 @@ func (e *Event) parse(body []byte) error {
 func decodeString(raw json.RawMessage, dst *string, nullable bool) error {
 	switch raw[0] {
 	case '"':
+		if plainASCII(raw[1 : len(raw)-1]) {
+			*dst = string(raw[1 : len(raw)-1])
+			return nil
+		}
 		if err := json.Unmarshal(raw, dst); err != nil {
 			return fmt.Errorf("is not a valid string: %w", err)
 		}
@@ -214,6 +212,17 @@ func decodeString(raw json.RawMessage, dst *string, nullable bool) error {
 		}
 	}
 	return fmt.Errorf("must be a string, got %s", jsonKind(raw))
+}
+
+// plainASCII reports whether b is printable ASCII without escapes, so that
+// its JSON string form is the string itself.
+func plainASCII(b []byte) bool {
+	for _, c := range b {
+		if c < 0x20 || c >= 0x7f || c == '\\' || c == '"' {
+			return false
+		}
+	}
+	return true
 }
 
 // jsonSpace is the white space JSON allows around values. (bytes.TrimSpace
@@ -238,6 +247,94 @@ func jsonKind(b []byte) string {
 		return "null"
 	default:
 		return "number"
+	}
+}
+
+// objectScanner walks the members of a JSON object already checked by
+// json.Valid, without decoding values. i starts just after the '{'.
+type objectScanner struct {
+	b []byte
+	i int
+}
+
+// next returns the next member's key (unescaped) and raw value, or ok ==
+// false at the closing '}'.
+func (s *objectScanner) next() (key string, raw []byte, ok bool) {
+	s.skipSpace()
+	if s.i < len(s.b) && s.b[s.i] == ',' {
+		s.i++
+		s.skipSpace()
+	}
+	if s.i >= len(s.b) || s.b[s.i] != '"' {
+		return "", nil, false
+	}
+	start := s.i
+	s.skipString()
+	rawKey := s.b[start:s.i]
+	if bytes.IndexByte(rawKey, '\\') < 0 {
+		key = string(rawKey[1 : len(rawKey)-1])
+	} else if err := json.Unmarshal(rawKey, &key); err != nil {
+		return "", nil, false
+	}
+	s.skipSpace()
+	s.i++ // ':'
+	s.skipSpace()
+	start = s.i
+	s.skipValue()
+	return key, s.b[start:s.i], true
+}
+
+func (s *objectScanner) skipSpace() {
+	for s.i < len(s.b) && strings.IndexByte(jsonSpace, s.b[s.i]) >= 0 {
+		s.i++
+	}
+}
+
+// skipString moves past the string starting at s.i.
+func (s *objectScanner) skipString() {
+	for s.i++; s.i < len(s.b); s.i++ {
+		switch s.b[s.i] {
+		case '\\':
+			s.i++
+		case '"':
+			s.i++
+			return
+		}
+	}
+}
+
+// skipValue moves past the value starting at s.i.
+func (s *objectScanner) skipValue() {
+	depth := 0
+	for s.i < len(s.b) {
+		switch c := s.b[s.i]; c {
+		case '"':
+			s.skipString()
+			if depth == 0 {
+				return
+			}
+			continue
+		case '{', '[':
+			depth++
+		case '}', ']':
+			if depth == 0 {
+				return
+			}
+			depth--
+			if depth == 0 {
+				s.i++
+				return
+			}
+		case ',':
+			if depth == 0 {
+				return
+			}
+		case ' ', '\t', '\r', '\n':
+			if depth == 0 {
+				return
+			}
+		}
+		s.i++
 	}
 }
 
