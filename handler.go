@@ -53,7 +53,7 @@ func WithMaxBodySize(n int64) Option {
 		if n <= 0 {
 			n = DefaultMaxBodySize
 		}
-		v.mw.maxBody = n
+		v.mw.maxBody = min(n, maxInt64-1) // room for the +1 that detects overflow
 	}
 }
 
@@ -171,7 +171,9 @@ func readBody(r *http.Request, limit int64) ([]byte, [sha256.Size]byte, error) {
 	}
 	size := int64(512)
 	if r.ContentLength > 0 {
-		size = r.ContentLength + 1 // +1 to see EOF without growing
+		// +1 to see EOF without growing. Capped: Content-Length is the
+		// client's claim, and nothing is verified yet.
+		size = min(r.ContentLength, 64<<10) + 1
 	}
 	buf := make([]byte, 0, size)
 	h := sha256.New()
