@@ -1,0 +1,359 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/falwebhook/falwebhook"
+	"github.com/falwebhook/falwebhook/faltest"
+)
+
+// listener is a listen command running in a goroutine.
+type listener struct {
+	url    string // http://127.0.0.1:PORT
+	stdout *syncBuffer
+	stderr *syncBuffer
+	cancel context.CancelFunc // sends the "signal"
+	done   chan int           // receives run's exit code
+}
+
+// startListen runs "falwebhook listen --addr 127.0.0.1:0 args..." and waits
+// for its address. The listener is stopped when the test ends.
+func startListen(t *testing.T, args ...string) *listener {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	l := &listener{stdout: newSyncBuffer(), stderr: newSyncBuffer(), cancel: cancel, done: make(chan int, 1)}
+	go func() {
+		l.done <- run(ctx, append([]string{"listen", "--addr", "127.0.0.1:0"}, args...), strings.NewReader(""), l.stdout, l.stderr)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-l.done
+	})
+
+	wctx := waitCtx(t)
+	for {
+		out := l.stdout.String()
+		if first, _, ok := strings.Cut(out, "\n"); ok {
+			if u, ok := strings.CutPrefix(first, "listening on "); ok {
+				l.url = u
+				return l
+			}
+			var j struct{ Listening string }
+			if json.Unmarshal([]byte(first), &j) == nil && j.Listening != "" {
+				l.url = j.Listening
+				return l
+			}
+			t.Fatalf("first stdout line is %q, want the address", first)
+		}
+		select {
+		case code := <-l.done:
+			l.done <- code
+			t.Fatalf("listen exited with %d before listening\nstderr: %s", code, l.stderr.String())
+		default:
+		}
+		l.stdout.waitFor(wctx, t, "\n")
+	}
+}
+
+// stop cancels the listener's context and returns its exit code.
+func (l *listener) stop(t *testing.T) int {
+	t.Helper()
+	l.cancel()
+	select {
+	case code := <-l.done:
+		l.done <- code // for the cleanup
+		return code
+	case <-waitCtx(t).Done():
+		t.Fatal("listen did not return after its context was cancelled")
+		return -1
+	}
+}
+
+// appRequest is what the forward target received.
+type appRequest struct {
+	method string
+	uri    string
+	header http.Header
+	body   []byte
+}
+
+// app is a forward target recording what it receives.
+type app struct {
+	*httptest.Server
+	mu   sync.Mutex // guards reqs
+	reqs []appRequest
+}
+
+func newApp(t *testing.T, h func(w http.ResponseWriter, r *http.Request)) *app {
+	a := &app{}
+	a.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		a.mu.Lock()
+		a.reqs = append(a.reqs, appRequest{r.Method, r.RequestURI, r.Header.Clone(), body})
+		a.mu.Unlock()
+		h(w, r)
+	}))
+	t.Cleanup(a.Close)
+	return a
+}
+
+func (a *app) received() []appRequest {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return append([]appRequest(nil), a.reqs...)
+}
+
+// post sends a signed delivery and returns the status and body.
+func post(t *testing.T, s *faltest.Signer, url string, body []byte) (int, string) {
+	t.Helper()
+	req, err := s.NewClientRequest(t.Context(), url, faltest.Delivery{Body: body})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return do(t, req)
+}
+
+func do(t *testing.T, req *http.Request) (int, string) {
+	t.Helper()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, string(b)
+}
+
+func TestListenForward(t *testing.T) {
+	dir := t.TempDir()
+	fal := faltest.SignerFromName("listen test: fal")
+	jwks := writeTestFile(t, dir, "jwks.json", faltest.JWKS(fal))
+	target := newApp(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-App", "yes")
+		w.WriteHeader(http.StatusAccepted)
+		io.WriteString(w, "queued by the app")
+	})
+	l := startListen(t, "--jwks", jwks, "--forward", target.URL+"/hooks/fal")
+	wctx := waitCtx(t)
+	wantContains(t, "stderr", l.stderr.waitFor(wctx, t, "forwarding"), "keys: 1 Ed25519 key from "+jwks, "forwarding verified deliveries to "+target.URL)
+
+	// A genuine delivery reaches the app unchanged; the app's answer comes
+	// back.
+	body, _ := sampleBody("ok", sampleRequestID)
+	req, err := fal.NewClientRequest(t.Context(), l.url+"/fal/webhook?order=42", faltest.Delivery{Body: body, UserID: "user-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("X-Custom", "kept")
+	sent := req.Header.Clone()
+	status, answer := do(t, req)
+	if status != http.StatusAccepted || answer != "queued by the app" {
+		t.Fatalf("client got %d %q, want the app's 202 %q", status, answer, "queued by the app")
+	}
+	got := target.received()
+	if len(got) != 1 {
+		t.Fatalf("the app received %d requests, want 1", len(got))
+	}
+	fwd := got[0]
+	if fwd.method != http.MethodPost || fwd.uri != "/hooks/fal?order=42" {
+		t.Errorf("app got %s %s, want POST /hooks/fal?order=42", fwd.method, fwd.uri)
+	}
+	if !bytes.Equal(fwd.body, body) {
+		t.Errorf("forwarded body differs from the delivery's:\n got %q\nwant %q", fwd.body, body)
+	}
+	for _, name := range []string{
+		falwebhook.HeaderRequestID, falwebhook.HeaderUserID, falwebhook.HeaderTimestamp,
+		falwebhook.HeaderSignature, "Content-Type", "X-Custom",
+	} {
+		if g, w := fwd.header.Values(name), sent.Values(name); strings.Join(g, "|") != strings.Join(w, "|") || len(w) == 0 {
+			t.Errorf("forwarded %s = %q, want %q", name, g, w)
+		}
+	}
+	if fwd.header.Get("X-Forwarded-For") != "127.0.0.1" {
+		t.Errorf("X-Forwarded-For = %q, want 127.0.0.1", fwd.header.Get("X-Forwarded-For"))
+	}
+	// The forwarded delivery still verifies with the same keys: the app
+	// may verify it again.
+	keys, _ := loadJWKSFile(jwks)
+	if err := falwebhook.NewVerifier(falwebhook.WithKeys(keys...)).Verify(t.Context(), fwd.header, fwd.body); err != nil {
+		t.Errorf("the forwarded delivery no longer verifies: %v", err)
+	}
+	line := l.stdout.waitFor(wctx, t, "forwarded: app answered 202")
+	wantContains(t, "log", line, "  202  "+sampleRequestID+"  OK     accepted, forwarded: app answered 202")
+
+	// A forged delivery is answered 401 and never forwarded.
+	status, _ = post(t, faltest.SignerFromName("listen test: forger"), l.url+"/fal/webhook", body)
+	if status != http.StatusUnauthorized {
+		t.Errorf("forged delivery answered %d, want 401", status)
+	}
+	// A tampered one neither.
+	req, _ = fal.NewClientRequest(t.Context(), l.url+"/fal/webhook", faltest.Delivery{Body: body})
+	req.Body = io.NopCloser(bytes.NewReader(bytes.Replace(body, []byte("dog"), []byte("cat"), 1)))
+	if status, _ = do(t, req); status != http.StatusUnauthorized {
+		t.Errorf("tampered delivery answered %d, want 401", status)
+	}
+	// Nor a GET.
+	getReq, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, l.url+"/fal/webhook", nil)
+	if status, _ = do(t, getReq); status != http.StatusMethodNotAllowed {
+		t.Errorf("GET answered %d, want 405", status)
+	}
+	out := l.stdout.waitFor(wctx, t, "method not allowed")
+	if n := len(target.received()); n != 1 {
+		t.Errorf("the app received %d requests, want only the genuine one", n)
+	}
+	wantContains(t, "log", out, "401  "+sampleRequestID+"  -      rejected: signature mismatch")
+
+	if code := l.stop(t); code != exitOK {
+		t.Errorf("listen exited %d after cancel, want 0\nstderr: %s", code, l.stderr.String())
+	}
+	wantContains(t, "stderr", l.stderr.String(), "shutting down", "stopped")
+}
+
+func TestListenForwardFailure(t *testing.T) {
+	dir := t.TempDir()
+	fal := faltest.SignerFromName("listen test: fal")
+	jwks := writeTestFile(t, dir, "jwks.json", faltest.JWKS(fal))
+	gone := httptest.NewServer(http.NotFoundHandler())
+	goneURL := gone.URL
+	gone.Close()
+
+	l := startListen(t, "--jwks", jwks, "--forward", goneURL)
+	body, _ := sampleBody("ok", sampleRequestID)
+	if status, _ := post(t, fal, l.url, body); status != http.StatusBadGateway {
+		t.Errorf("forward to a dead app answered %d, want 502", status)
+	}
+	l.stdout.waitFor(waitCtx(t), t, "accepted, forward failed: ")
+}
+
+func TestListenJSONAndJWKSURL(t *testing.T) {
+	fal := faltest.SignerFromName("listen test: fal")
+	ks := faltest.NewKeyServer(fal)
+	defer ks.Close()
+
+	l := startListen(t, "--json", "--jwks", ks.URL)
+	wctx := waitCtx(t)
+	l.stderr.waitFor(wctx, t, "keys: 1 Ed25519 key from "+ks.URL)
+	if first, _, _ := strings.Cut(l.stdout.String(), "\n"); first != `{"listening":"`+l.url+`"}` {
+		t.Errorf("first --json line is %q", first)
+	}
+
+	body := faltest.ValidationErrorBody("json-1")
+	status, answer := post(t, fal, l.url+"/anything", body)
+	if status != http.StatusOK || answer != "ok\n" {
+		t.Errorf("genuine delivery answered %d %q, want 200 ok", status, answer)
+	}
+	out := l.stdout.waitFor(wctx, t, `"request_id":"json-1"`)
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	var rec listenLine
+	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &rec); err != nil {
+		t.Fatalf("delivery line is not JSON: %v\n%s", err, out)
+	}
+	if rec.Status != 200 || rec.EventStatus != "ERROR" || rec.Verdict != "accepted" || rec.Method != "POST" || rec.Path != "/anything" {
+		t.Errorf("JSON line = %+v", rec)
+	}
+
+	status, _ = post(t, fal, l.url, []byte(`{"request_id": "x"}`)) // genuine signature, not an event
+	if status != http.StatusBadRequest {
+		t.Errorf("signed non-event answered %d, want 400", status)
+	}
+	out = l.stdout.waitFor(wctx, t, `"reason":"not a fal event"`)
+	wantContains(t, "log", out, `"verdict":"rejected"`, `"status":400`)
+	if n := ks.Fetches(); n != 1 {
+		t.Errorf("JWKS fetched %d times, want 1 (warm-up only)", n)
+	}
+}
+
+// TestListenGracefulShutdown cancels the context while a delivery is being
+// forwarded: the delivery completes, then run returns 0.
+func TestListenGracefulShutdown(t *testing.T) {
+	dir := t.TempDir()
+	fal := faltest.SignerFromName("listen test: fal")
+	jwks := writeTestFile(t, dir, "jwks.json", faltest.JWKS(fal))
+	arrived := make(chan struct{})
+	release := make(chan struct{})
+	target := newApp(t, func(w http.ResponseWriter, r *http.Request) {
+		close(arrived)
+		<-release
+		io.WriteString(w, "done")
+	})
+	l := startListen(t, "--jwks", jwks, "--forward", target.URL)
+	wctx := waitCtx(t)
+
+	type answer struct {
+		status int
+		body   string
+		err    error
+	}
+	answered := make(chan answer, 1)
+	body, _ := sampleBody("ok", sampleRequestID)
+	req, err := fal.NewClientRequest(t.Context(), l.url, faltest.Delivery{Body: body})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			answered <- answer{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		answered <- answer{resp.StatusCode, string(b), err}
+	}()
+
+	select {
+	case <-arrived:
+	case <-wctx.Done():
+		t.Fatal("the delivery never reached the app")
+	}
+	l.cancel() // SIGINT
+	l.stderr.waitFor(wctx, t, "shutting down")
+	select {
+	case code := <-l.done:
+		t.Fatalf("listen returned %d while a delivery was in flight", code)
+	default:
+	}
+	close(release)
+
+	select {
+	case a := <-answered:
+		if a.err != nil || a.status != http.StatusOK || a.body != "done" {
+			t.Errorf("in-flight delivery got %d %q, %v; want the app's 200 %q", a.status, a.body, a.err, "done")
+		}
+	case <-wctx.Done():
+		t.Fatal("the in-flight delivery got no answer")
+	}
+	if code := l.stop(t); code != exitOK {
+		t.Errorf("listen exited %d, want 0\nstderr: %s", code, l.stderr.String())
+	}
+	wantContains(t, "log", l.stdout.String(), "accepted, forwarded: app answered 200")
+}
+
+func TestListenUsageErrors(t *testing.T) {
+	dir := t.TempDir()
+	jwks := writeTestFile(t, dir, "jwks.json", faltest.JWKS(faltest.SignerFromName("x")))
+	for _, args := range [][]string{
+		{"listen", "--jwks", filepath.Join(dir, "missing.json")},
+		{"listen", "--jwks", jwks, "--addr", "256.0.0.1:bad"},
+		{"listen", "--jwks", jwks, "--forward", "not a url"},
+		{"listen", "--jwks", jwks, "--tolerance", "0s"},
+		{"listen", "--jwks", jwks, "extra"},
+	} {
+		r := runCmd(t, "", args...)
+		if r.code != exitUsage || r.stderr == "" {
+			t.Errorf("%q: exit %d, stderr %q; want 2 with an error", args, r.code, r.stderr)
+		}
+	}
+}
