@@ -268,6 +268,14 @@ func (v *Verifier) reject(w http.ResponseWriter, r *http.Request, err error) {
 	writeStatus(w, code, v.mw.retryAfter)
 }
 
+// WriteError writes the middleware's default response to a rejected
+// request: the status given by StatusCode(err) with its standard text, plus
+// Allow: POST on 405 and Retry-After on 503. It never reveals the error's
+// detail. A handler set by WithErrorHandler can fall back on it.
+func WriteError(w http.ResponseWriter, err error) {
+	writeStatus(w, StatusCode(err), defaultMiddlewareConfig().retryAfter)
+}
+
 // writeStatus writes a short, generic response for code.
 func writeStatus(w http.ResponseWriter, code, retryAfter int) {
 	switch code {

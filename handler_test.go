@@ -902,3 +902,27 @@ func TestStatusCode(t *testing.T) {
 		})
 	}
 }
+
+func TestWriteError(t *testing.T) {
+	for _, tt := range []struct {
+		err    error
+		code   int
+		header string
+	}{
+		{fmt.Errorf("%w: detail that must not leak", ErrKeysUnavailable), http.StatusServiceUnavailable, "Retry-After"},
+		{fmt.Errorf("%w: GET", ErrMethodNotAllowed), http.StatusMethodNotAllowed, "Allow"},
+		{fmt.Errorf("%w: detail that must not leak", ErrSignatureMismatch), http.StatusUnauthorized, ""},
+	} {
+		rec := httptest.NewRecorder()
+		WriteError(rec, tt.err)
+		if rec.Code != tt.code {
+			t.Errorf("%v: status %d, want %d", tt.err, rec.Code, tt.code)
+		}
+		if tt.header != "" && rec.Header().Get(tt.header) == "" {
+			t.Errorf("%v: no %s header", tt.err, tt.header)
+		}
+		if strings.Contains(rec.Body.String(), "leak") {
+			t.Errorf("%v: response reveals the detail: %q", tt.err, rec.Body.String())
+		}
+	}
+}
