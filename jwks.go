@@ -149,9 +149,9 @@ func usableKey(k jwk.Key) (ed25519.PublicKey, bool) {
 			return nil, false
 		}
 	}
-	if ops := okp.KeyOps(); len(ops) > 0 {
+	if _, hasOps := okp.Get(jwk.KeyOpsKey); hasOps { // "key_ops":[] has no "verify" either
 		verify := false
-		for _, op := range ops {
+		for _, op := range okp.KeyOps() {
 			verify = verify || op == jwk.KeyOpVerify
 		}
 		if !verify {
@@ -249,7 +249,8 @@ type JWKSStats struct {
 type JWKSOption func(*JWKS)
 
 // WithJWKSHTTPClient sets the client used for fetches (default: a client
-// with a 10 second timeout that refuses redirects to plain http).
+// with a 10 second timeout). Whatever the client, redirects to plain http
+// (other than loopback) are refused before they are followed.
 func WithJWKSHTTPClient(c *http.Client) JWKSOption {
 	return func(j *JWKS) { j.client = c }
 }
@@ -319,6 +320,21 @@ func NewJWKS(url string, opts ...JWKSOption) *JWKS {
 	}
 	if j.client == nil {
 		j.client = &http.Client{Timeout: DefaultFetchTimeout, CheckRedirect: checkRedirect}
+	} else {
+		// Use a copy of the caller's client whose redirects are checked
+		// too, so a redirect to plain http is refused before it is followed.
+		c := *j.client
+		next := c.CheckRedirect
+		if next == nil {
+			next = checkRedirect
+		}
+		c.CheckRedirect = func(req *http.Request, via []*http.Request) error {
+			if err := checkScheme(req.URL); err != nil {
+				return err
+			}
+			return next(req, via)
+		}
+		j.client = &c
 	}
 	if j.now == nil {
 		j.now = time.Now
