@@ -59,7 +59,11 @@ type KeySource interface {
 // RefreshKeys once and tries the keys it returns.
 //
 // RefreshKeys reports refreshed == false, with no error, when it declined to
-// refresh (for example inside a cooldown); it must not block in that case.
+// refresh (for example inside a cooldown); it must not block in that case,
+// and may return the keys it holds now. The Verifier tries keys returned
+// with refreshed == false only when they are not the very slice PublicKeys
+// gave it, so a source that replaces its slice on every change lets a
+// delivery use keys fetched by a concurrent refresh.
 type KeyRefresher interface {
 	KeySource
 	RefreshKeys(ctx context.Context) (keys []ed25519.PublicKey, refreshed bool, err error)
@@ -379,6 +383,14 @@ func (j *JWKS) PublicKeys(ctx context.Context) ([]ed25519.PublicKey, error) {
 	}
 	j.mu.Unlock()
 
+	// Expired keys still within the max-stale bound serve while the fetch
+	// runs in the background, so a slow key server never holds up a
+	// delivery. A delivery they do not verify waits for that fetch through
+	// RefreshKeys.
+	if s := j.cur.Load(); s != nil && now.Before(s.expiry.Add(j.maxStale)) {
+		return s.keys, nil
+	}
+
 	select {
 	case <-c.done:
 		if c.err == nil {
@@ -400,8 +412,9 @@ func (j *JWKS) staleOr(now time.Time, cause error) ([]ed25519.PublicKey, error) 
 }
 
 // RefreshKeys fetches the keys anew unless a fetch started less than the
-// cooldown ago, in which case it returns at once with refreshed == false. A
-// fetch already in flight is joined. It implements KeyRefresher.
+// cooldown ago, in which case it returns at once the keys cached now, with
+// refreshed == false. A fetch already in flight is joined. It implements
+// KeyRefresher.
 func (j *JWKS) RefreshKeys(ctx context.Context) (keys []ed25519.PublicKey, refreshed bool, err error) {
 	now := j.now()
 	j.mu.Lock()
@@ -409,6 +422,9 @@ func (j *JWKS) RefreshKeys(ctx context.Context) (keys []ed25519.PublicKey, refre
 	if c == nil {
 		if !j.lastAttempt.IsZero() && now.Before(j.lastAttempt.Add(j.cooldown)) {
 			j.mu.Unlock()
+			if s := j.cur.Load(); s != nil {
+				return s.keys, false, nil // possibly newer than the caller's
+			}
 			return nil, false, nil
 		}
 		c = j.startLocked(ctx, now)
@@ -567,7 +583,7 @@ func checkScheme(u *url.URL) error {
 }
 
 func isLoopback(host string) bool {
-	if host == "localhost" || strings.HasSuffix(host, ".localhost") {
+	if host == "localhost" {
 		return true
 	}
 	ip := net.ParseIP(host)

@@ -422,7 +422,24 @@ func FuzzParseJWKS(f *testing.F) {
 
 // jwksTestCache returns a cache of ks's keys reading clock.
 func jwksTestCache(ks *faltest.KeyServer, clock *jwksClock, opts ...JWKSOption) *JWKS {
-	return NewJWKS(ks.URL, append([]JWKSOption{WithJWKSHTTPClient(ks.Client()), WithJWKSClock(clock.Now)}, opts...)...)
+	j := NewJWKS(ks.URL, append([]JWKSOption{WithJWKSHTTPClient(ks.Client()), WithJWKSClock(clock.Now)}, opts...)...)
+	jwksCaches.Store(j, ks)
+	return j
+}
+
+// jwksCaches maps each cache made by jwksTestCache to its key server, so
+// that jwksWantFetches can let background refreshes finish first.
+var jwksCaches sync.Map
+
+// settle waits for the fetch in flight, if any, to finish: expired keys
+// within max-stale are served while a background fetch runs.
+func (j *JWKS) settle() {
+	j.mu.Lock()
+	c := j.call
+	j.mu.Unlock()
+	if c != nil {
+		<-c.done
+	}
 }
 
 // jwksTestVerifier returns a Verifier over j with the same clock.
@@ -464,6 +481,12 @@ func jwksWaitFetches(t *testing.T, ks *faltest.KeyServer, n int) {
 
 func jwksWantFetches(t *testing.T, ks *faltest.KeyServer, want int, when string) {
 	t.Helper()
+	jwksCaches.Range(func(j, server any) bool {
+		if server == ks {
+			j.(*JWKS).settle()
+		}
+		return true
+	})
 	if got := ks.Fetches(); got != want {
 		t.Fatalf("%s: key server saw %d fetches, want %d", when, got, want)
 	}
@@ -660,6 +683,12 @@ func TestJWKSRotation(t *testing.T) {
 		t.Errorf("removed key stopped verifying before the cache expired: %v", err)
 	}
 	clock.Advance(DefaultJWKSTTL)
+	// The first delivery after expiry is checked against the expired set
+	// while the refetch runs in the background (stale-while-revalidate).
+	if err := jwksVerify(ctx, v, oldKey, clock); err != nil {
+		t.Errorf("delivery during the background refetch: %v", err)
+	}
+	jwksWantFetches(t, ks, 3, "after the old key was removed")
 	if err := jwksVerify(ctx, v, oldKey, clock); !errors.Is(err, ErrSignatureMismatch) {
 		t.Errorf("removed key still verifies after the key set was replaced: error = %v", err)
 	}
@@ -1355,8 +1384,8 @@ func TestJWKSRefreshForcesFetch(t *testing.T) {
 	}
 
 	// RefreshKeys, in contrast, declines inside the cooldown.
-	if keys, refreshed, err := j.RefreshKeys(ctx); refreshed || err != nil || keys != nil {
-		t.Errorf("RefreshKeys inside the cooldown = %d keys, refreshed %v, %v; want declined", len(keys), refreshed, err)
+	if keys, refreshed, err := j.RefreshKeys(ctx); refreshed || err != nil || len(keys) != 1 || !keys[0].Equal(b.PublicKey()) {
+		t.Errorf("RefreshKeys inside the cooldown = %d keys, refreshed %v, %v; want declined, with the cached key B", len(keys), refreshed, err)
 	}
 	jwksWantFetches(t, ks, 2, "RefreshKeys inside the cooldown")
 	clock.Advance(DefaultCooldown)

@@ -349,10 +349,25 @@ func TestRefreshOnMismatch(t *testing.T) {
 		t.Errorf("%d refreshes, want 1", n)
 	}
 
-	src = &refreshingSource{countingSource: countingSource{keys: []ed25519.PublicKey{old.PublicKey()}}, next: []ed25519.PublicKey{rotated.PublicKey()}, refreshed: false}
+	src = &refreshingSource{countingSource: countingSource{keys: []ed25519.PublicKey{old.PublicKey()}}, refreshed: false}
 	v = NewVerifier(WithKeySource(src), WithClock(fixedClock(t0)))
 	if err := v.Verify(ctx, d.h, d.body); !errors.Is(err, ErrSignatureMismatch) {
 		t.Errorf("declined refresh: got %v, want ErrSignatureMismatch", err)
+	}
+
+	// Declined, but keys fetched meanwhile by someone else are used.
+	src = &refreshingSource{countingSource: countingSource{keys: []ed25519.PublicKey{old.PublicKey()}}, next: []ed25519.PublicKey{rotated.PublicKey()}, refreshed: false}
+	v = NewVerifier(WithKeySource(src), WithClock(fixedClock(t0)))
+	if err := v.Verify(ctx, d.h, d.body); err != nil {
+		t.Errorf("declined refresh with newer keys: %v", err)
+	}
+
+	// Declined, returning the very keys already tried: no second attempt.
+	src = &refreshingSource{countingSource: countingSource{keys: []ed25519.PublicKey{old.PublicKey()}}}
+	src.next = src.keys
+	v = NewVerifier(WithKeySource(src), WithClock(fixedClock(t0)))
+	if err := v.Verify(ctx, d.h, d.body); !errors.Is(err, ErrSignatureMismatch) || !strings.Contains(err.Error(), "none of 1 keys verified") {
+		t.Errorf("declined refresh with the same keys: got %v", err)
 	}
 
 	src = &refreshingSource{countingSource: countingSource{keys: []ed25519.PublicKey{old.PublicKey()}}, err: errors.New("down")}
