@@ -188,10 +188,11 @@ func containsKey(keys []ed25519.PublicKey, k ed25519.PublicKey) bool {
 //     waiter; a waiter gives up when its ctx is done without cancelling the
 //     fetch, which is bounded by its own timeout.
 //   - A successful fetch replaces the whole key set; a failed one changes
-//     nothing. While fetches fail, the last good keys keep serving for up to
-//     the max-stale bound past their expiry; after that, and when no fetch
-//     ever succeeded, PublicKeys returns ErrKeysUnavailable. After a failure
-//     the next fetch waits for the cooldown.
+//     nothing. Expired keys within the max-stale bound keep serving while
+//     the refetch runs in the background (stale-while-revalidate), and while
+//     fetches fail; after that bound, and when no fetch ever succeeded,
+//     PublicKeys waits for the fetch or returns ErrKeysUnavailable. After a
+//     failure the next fetch waits for the cooldown.
 //   - RefreshKeys, used by the Verifier when no cached key verifies a
 //     delivery, fetches at most once per cooldown and never waits for one.
 //
