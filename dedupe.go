@@ -43,11 +43,11 @@ var (
 	// ErrStoreFull is returned by MemoryStore.Claim when every entry is a
 	// live claim, so none can be evicted without risking a second run.
 	ErrStoreFull = errors.New("falwebhook: dedupe store full")
-
-	// ErrDedupeStore is wrapped around errors from a DedupeStore when the
-	// middleware logs them, and around a ClaimResult with an unknown state.
-	ErrDedupeStore = errors.New("falwebhook: dedupe store")
 )
+
+// errDedupeStore is wrapped around a DedupeStore's errors in the
+// middleware's logs.
+var errDedupeStore = errors.New("falwebhook: dedupe store")
 
 // ClaimState is the outcome of DedupeStore.Claim.
 type ClaimState int
@@ -238,8 +238,13 @@ func (v *Verifier) serveDedupe(w http.ResponseWriter, r *http.Request, ev *Event
 		err = fmt.Errorf("claim returned state %s", res.State)
 	}
 	if err != nil {
-		err = fmt.Errorf("%w: claim: %w", ErrDedupeStore, err)
-		if d.failOpen && ctx.Err() == nil {
+		err = fmt.Errorf("%w: claim: %w", errDedupeStore, err)
+		if ctx.Err() != nil {
+			v.logDedupe(r, slog.LevelWarn, "falwebhook: the client went away before the delivery was claimed", id, err)
+			writeStatus(w, http.StatusServiceUnavailable, v.mw.retryAfter)
+			return
+		}
+		if d.failOpen {
 			v.logDedupe(r, slog.LevelError, "falwebhook: dedupe store failed; running the handler (fail open)", id, err)
 			next.ServeHTTP(w, r)
 			return
@@ -292,9 +297,9 @@ func (v *Verifier) serveDedupe(w http.ResponseWriter, r *http.Request, ev *Event
 	case errors.Is(err, ErrClaimLost):
 		v.logDedupe(r, slog.LevelError, "falwebhook: the handler outlived its dedupe lease and the delivery was claimed again; it may have run twice (raise the lease)", id, err)
 	case err != nil:
-		v.logDedupe(r, slog.LevelError, "falwebhook: could not mark the delivery completed; a retry after the lease runs out will run the handler again", id, fmt.Errorf("%w: complete: %w", ErrDedupeStore, err))
-	default:
-		if took := v.now().Sub(start); v.mw.logger != nil && took > d.lease {
+		v.logDedupe(r, slog.LevelError, "falwebhook: could not mark the delivery completed; a retry after the lease runs out will run the handler again", id, fmt.Errorf("%w: complete: %w", errDedupeStore, err))
+	case v.mw.logger != nil:
+		if took := v.now().Sub(start); took > d.lease {
 			v.logDedupe(r, slog.LevelWarn, "falwebhook: the handler outlived its dedupe lease ("+took.String()+" > "+d.lease.String()+"); raise the lease", id, nil)
 		}
 	}
@@ -319,7 +324,7 @@ func (v *Verifier) releaseClaim(r *http.Request, d *dedupeConfig, id, token, why
 	case errors.Is(err, ErrClaimLost):
 		v.logDedupe(r, slog.LevelError, "falwebhook: released after "+why+", but the handler outlived its dedupe lease (raise the lease)", id, err)
 	case err != nil:
-		v.logDedupe(r, slog.LevelError, "falwebhook: could not release the delivery after "+why+"; retries get 409 until the lease runs out", id, fmt.Errorf("%w: release: %w", ErrDedupeStore, err))
+		v.logDedupe(r, slog.LevelError, "falwebhook: could not release the delivery after "+why+"; retries get 409 until the lease runs out", id, fmt.Errorf("%w: release: %w", errDedupeStore, err))
 	default:
 		v.logDedupe(r, slog.LevelInfo, "falwebhook: released the delivery after "+why+"; fal's next retry runs it", id, nil)
 	}

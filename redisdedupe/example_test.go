@@ -1,0 +1,32 @@
+package redisdedupe_test
+
+import (
+	"log"
+	"net/http"
+	"time"
+
+	"github.com/falwebhook/falwebhook"
+	"github.com/falwebhook/falwebhook/redisdedupe"
+	"github.com/redis/go-redis/v9"
+)
+
+// Every replica of the service runs the same code against the same Redis;
+// each delivery's handler runs once between them.
+func Example() {
+	rdb := redis.NewClient(&redis.Options{
+		Addr:         "127.0.0.1:6379",
+		DialTimeout:  time.Second, // a Redis outage becomes a quick 503, and fal retries
+		ReadTimeout:  time.Second,
+		WriteTimeout: time.Second,
+	})
+	v := falwebhook.NewVerifier(
+		falwebhook.WithDedupe(redisdedupe.New(rdb, redisdedupe.WithPrefix("imagesvc:fal:")),
+			falwebhook.WithDedupeLease(time.Minute)),
+	)
+	mux := http.NewServeMux()
+	mux.Handle("POST /fal/webhook", v.Handler(func(w http.ResponseWriter, r *http.Request, ev *falwebhook.Event) {
+		// Runs once per request id. Answer non-2xx to have fal retry.
+		log.Printf("request %s finished: %s", ev.RequestID, ev.Status)
+	}))
+	_ = http.ListenAndServe(":8080", mux)
+}

@@ -1,0 +1,153 @@
+//go:build unix
+
+package redisdedupe_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/falwebhook/falwebhook"
+	"github.com/redis/go-redis/v9"
+)
+
+// serverRedis is a redis-server process of the test's own, which it can
+// stop and kill.
+type serverRedis struct {
+	addr string
+	cmd  *exec.Cmd
+}
+
+// startRedis starts a redis-server on a free loopback port, without
+// persistence, and kills it at the end of the test.
+func startRedis(t *testing.T) *serverRedis {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		unavailable(t, "redis-server is not installed (apt-get install -y redis-server)")
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	cmd := exec.Command(bin, "--port", fmt.Sprint(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting redis-server: %v", err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGCONT)
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	r := &serverRedis{addr: fmt.Sprintf("127.0.0.1:%d", port), cmd: cmd}
+	c := redis.NewClient(&redis.Options{Addr: r.addr})
+	defer c.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for c.Ping(context.Background()).Err() != nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("redis-server on %s did not answer PING", r.addr)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return r
+}
+
+// quickClient returns a client of r that gives up fast, as a receiver
+// should configure it so that an outage becomes a quick 503.
+func quickClient(t *testing.T, r *serverRedis) *redis.Client {
+	c := redis.NewClient(&redis.Options{
+		Addr:          r.addr,
+		DialTimeout:   200 * time.Millisecond,
+		ReadTimeout:   200 * time.Millisecond,
+		WriteTimeout:  200 * time.Millisecond,
+		MaxRetries:    -1,
+		DialerRetries: 1,
+	})
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// TestRedisOutage stops Redis (SIGSTOP: it hangs) mid-test, then resumes
+// and kills it: while it is out, every delivery is answered 503 without
+// running the handler, and nothing is marked completed that did not
+// complete.
+func TestRedisOutage(t *testing.T) {
+	r := startRedis(t)
+	cs := []redis.UniversalClient{quickClient(t, r), quickClient(t, r)}
+	admin := redis.NewClient(&redis.Options{Addr: r.addr})
+	defer admin.Close()
+	f := newFleet(t, cs, "falwebhook:dedupe:")
+	ctx := context.Background()
+
+	entered, release := make(chan struct{}), make(chan struct{})
+	f.handle = func(n int64, _ int, w http.ResponseWriter, req *http.Request) {
+		ev, _ := falwebhook.EventFromContext(req.Context())
+		if ev.RequestID == "req-2" {
+			close(entered)
+			<-release
+			http.Error(w, "failed during the outage", http.StatusInternalServerError)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}
+	f.wantStatus(f.deliver(0, "req-1"), http.StatusNoContent, "")
+
+	done := make(chan int)
+	go func() { done <- f.deliver(0, "req-2").Code }()
+	<-entered
+	if err := r.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	close(release) // req-2 fails while Redis is out: its release fails too
+	if code := <-done; code != http.StatusInternalServerError {
+		t.Fatalf("req-2 answered %d, want the handler's 500", code)
+	}
+	if logs := f.replicas[0].logs.String(); !strings.Contains(logs, "could not release") {
+		t.Errorf("the failed release was not logged:\n%s", logs)
+	}
+	calls := f.calls.Load()
+	for _, id := range []string{"req-1", "req-3"} {
+		for i := range f.replicas {
+			w := f.deliver(i, id)
+			f.wantStatus(w, http.StatusServiceUnavailable, "")
+			if w.Header().Get("Retry-After") == "" {
+				t.Error("503 without Retry-After")
+			}
+		}
+	}
+	f.wantCalls(calls)
+
+	if err := r.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"req-1": "done", "req-3": ""}
+	for id, v := range want {
+		if got := admin.Get(ctx, "falwebhook:dedupe:"+id).Val(); got != v {
+			t.Errorf("after the outage %s holds %q, want %q", id, got, v)
+		}
+	}
+	if got := admin.Get(ctx, "falwebhook:dedupe:req-2").Val(); !strings.HasPrefix(got, "inprogress:") {
+		t.Errorf("req-2, failed with its release lost, holds %q, want its claim until the lease runs out", got)
+	}
+	f.wantStatus(f.deliver(1, "req-3"), http.StatusNoContent, "") // back: the retry runs it
+	f.wantStatus(f.deliver(1, "req-1"), http.StatusOK, "completed")
+
+	if err := r.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	r.cmd.Wait()
+	calls = f.calls.Load()
+	for i := range f.replicas {
+		f.wantStatus(f.deliver(i, "req-4"), http.StatusServiceUnavailable, "")
+		f.wantStatus(f.deliver(i, "req-1"), http.StatusServiceUnavailable, "")
+	}
+	f.wantCalls(calls)
+}
