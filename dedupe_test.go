@@ -823,78 +823,7 @@ func TestWithDedupeNilStoreDisables(t *testing.T) {
 
 // ---- benchmarks ----
 
-// benchDedupe measures one verified 1 KiB delivery, with a request id never
-// seen before, through the middleware to a handler that reads the body;
-// with store non-nil, through dedupe on it. Each iteration needs its own
-// signature, so they are made before the timer starts.
-func benchDedupe(b *testing.B, store DedupeStore) {
-	s := faltest.SignerFromName("bench-1")
-	at := time.Unix(1_700_000_000, 0)
-	const head, tail = `{"error": null, "payload": {"pad": "`, `"}, "request_id": "bench-request", "status": "OK"}`
-	body := []byte(head + strings.Repeat("x", 1<<10-len(head)-len(tail)) + tail)
-	opts := []Option{WithKeys(s.PublicKey()), WithClock(func() time.Time { return at })}
-	if store != nil {
-		opts = append(opts, WithDedupe(store))
-	}
-	v := NewVerifier(opts...)
-	var seen int
-	h := v.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		n, _ := io.Copy(io.Discard, r.Body)
-		seen += int(n)
-		w.WriteHeader(http.StatusNoContent)
-	}))
-	headers := make([]http.Header, b.N)
-	for i := range headers {
-		headers[i] = http.Header{}
-		s.Sign(faltest.Delivery{RequestID: fmt.Sprintf("bench-%08d", i), Time: at, Body: body}).Set(headers[i])
-	}
-	req := httptest.NewRequest(http.MethodPost, "/webhook", nil)
-	rb := &dedupeBenchBody{}
-	w := &dedupeBenchWriter{h: http.Header{}}
-	b.SetBytes(int64(len(body)))
-	b.ReportAllocs()
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		rb.Reset(body)
-		req.Body = rb
-		req.ContentLength = int64(len(body))
-		req.Header = headers[i]
-		w.code = 0
-		h.ServeHTTP(w, req)
-		if w.code != http.StatusNoContent {
-			b.Fatalf("status %d, want 204", w.code)
-		}
-	}
-	b.StopTimer()
-	if seen != b.N*len(body) {
-		b.Fatalf("handler read %d bytes, want %d", seen, b.N*len(body))
-	}
-}
-
-// dedupeBenchWriter is a ResponseWriter that keeps only the status.
-type dedupeBenchWriter struct {
-	h    http.Header
-	code int
-}
-
-func (w *dedupeBenchWriter) Header() http.Header         { return w.h }
-func (w *dedupeBenchWriter) Write(p []byte) (int, error) { return len(p), nil }
-func (w *dedupeBenchWriter) WriteHeader(code int)        { w.code = code }
-
-// dedupeBenchBody is a request body that can be rewound without allocating.
-type dedupeBenchBody struct{ bytes.Reader }
-
-func (*dedupeBenchBody) Close() error { return nil }
-
-// BenchmarkMiddlewareNoDedupe is the baseline of BenchmarkMiddlewareDedupe:
-// the same deliveries, each with a new request id, without dedupe.
-func BenchmarkMiddlewareNoDedupe(b *testing.B) { benchDedupe(b, nil) }
-
-// BenchmarkMiddlewareDedupe adds in-memory dedupe (claim and complete) to
-// BenchmarkMiddlewareNoDedupe. Target: at most 5% slower. Compare with
-//
-//	go test -run '^$' -bench 'MiddlewareN?o?Dedupe' -benchmem -count 6
-func BenchmarkMiddlewareDedupe(b *testing.B) { benchDedupe(b, NewMemoryStore()) }
+// BenchmarkMiddlewareDedupe and BenchmarkRatioDedupe are in bench_test.go.
 
 // BenchmarkMiddlewareDuplicate measures answering a duplicate of a
 // completed delivery.
@@ -905,12 +834,12 @@ func BenchmarkMiddlewareDuplicate(b *testing.B) {
 	v := NewVerifier(WithKeys(s.PublicKey()), WithClock(func() time.Time { return at }), WithDedupe(NewMemoryStore()))
 	h := v.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNoContent) }))
 	req := s.NewRequest("/webhook", faltest.Delivery{RequestID: "bench-request", Time: at, Body: body})
-	rb := &dedupeBenchBody{}
+	rb := &rewindBody{}
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
 		rb.Reset(body)
 		req.Body = rb
-		w := &dedupeBenchWriter{h: http.Header{}}
+		w := &benchWriter{h: http.Header{}}
 		h.ServeHTTP(w, req)
 		if want := http.StatusOK; w.code != want && !(i == 0 && w.code == http.StatusNoContent) {
 			b.Fatalf("status %d, want %d", w.code, want)
@@ -933,7 +862,7 @@ func BenchmarkDedupeOverhead(b *testing.B) {
 		hs.Set(reqs[i].Header)
 	}
 	ev := &Event{RequestID: "bench-request", Status: StatusOK}
-	w := &dedupeBenchWriter{h: http.Header{}}
+	w := &benchWriter{h: http.Header{}}
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
