@@ -1,15 +1,13 @@
 package faltest_test
 
 import (
-	"crypto/ed25519"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"time"
 
+	"github.com/falwebhook/falwebhook"
 	"github.com/falwebhook/falwebhook/faltest"
 )
 
@@ -39,33 +37,28 @@ func ExampleSigner_Sign() {
 	// X-Fal-Webhook-Signature: 67c8592d45742f9785ea079e5eadf5bf34ecc82ba277b0c7c5e76284930f96e5ad3e9e682cf6543ab4aa68d9c805d8cea631b5f3430ad82e117bf1ebcfeed002
 }
 
-// Test a webhook handler with a signed request. Here the handler checks the
-// signature with crypto/ed25519 directly; a real test would wrap it with
-// falwebhook's middleware and falwebhook.WithKeys(signer.PublicKey()).
+// Test a webhook handler end to end: sign a delivery with your own key and
+// send it through falwebhook's middleware, which trusts that key.
 func ExampleSigner_NewRequest() {
 	signer := faltest.SignerFromName("example")
-	pub := signer.PublicKey()
+	v := falwebhook.NewVerifier(falwebhook.WithKeys(signer.PublicKey()))
 
-	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(r.Body)
-		sig, _ := hex.DecodeString(r.Header.Get(faltest.HeaderSignature))
-		msg := faltest.Message(
-			r.Header.Get(faltest.HeaderRequestID),
-			r.Header.Get(faltest.HeaderUserID),
-			r.Header.Get(faltest.HeaderTimestamp),
-			body)
-		if !ed25519.Verify(pub, msg, sig) {
-			http.Error(w, "invalid webhook", http.StatusUnauthorized)
-			return
-		}
-		fmt.Fprintln(w, "verified", r.Header.Get(faltest.HeaderRequestID))
+	handler := v.Handler(func(w http.ResponseWriter, r *http.Request, ev *falwebhook.Event) {
+		fmt.Fprintln(w, "handled", ev.RequestID, ev.Status, ev.Err())
 	})
 
 	req := signer.NewRequest("/fal/webhook", faltest.Delivery{Body: faltest.ValidationErrorBody("req-422")})
 	rec := httptest.NewRecorder()
 	handler.ServeHTTP(rec, req)
 	fmt.Print(rec.Code, " ", rec.Body)
-	// Output: 200 verified req-422
+
+	forged := faltest.SignerFromName("someone else").NewRequest("/fal/webhook", faltest.Delivery{Body: faltest.OKBody("req-1", nil)})
+	rec = httptest.NewRecorder()
+	handler.ServeHTTP(rec, forged)
+	fmt.Print(rec.Code, " ", rec.Body)
+	// Output:
+	// 200 handled req-422 ERROR falwebhook: request req-422 failed: Invalid status code: 422: body.prompt: field required (value_error.missing)
+	// 401 Unauthorized
 }
 
 // Publish keys on a loopback JWKS endpoint, rotate them, and count fetches.
