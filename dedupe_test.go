@@ -18,29 +18,6 @@ import (
 	"github.com/falwebhook/falwebhook/faltest"
 )
 
-// dedupeT0 is the start of the fake clocks of these tests.
-var dedupeT0 = time.Unix(1_700_000_000, 0)
-
-// dedupeClock is a fake clock that moves only when told to.
-type dedupeClock struct {
-	mu sync.Mutex // guards t
-	t  time.Time
-}
-
-func newDedupeClock() *dedupeClock { return &dedupeClock{t: dedupeT0} }
-
-func (c *dedupeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *dedupeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
 // ---- MemoryStore ----
 
 func mustClaim(t *testing.T, s DedupeStore, id string, lease time.Duration, want ClaimState) ClaimResult {
@@ -59,7 +36,7 @@ func mustClaim(t *testing.T, s DedupeStore, id string, lease time.Duration, want
 }
 
 func TestMemoryStoreLifecycle(t *testing.T) {
-	clk := newDedupeClock()
+	clk := newTestClock()
 	s := NewMemoryStore(WithMemoryClock(clk.Now))
 	ctx := context.Background()
 	const lease, ttl = time.Minute, time.Hour
@@ -105,7 +82,7 @@ func TestMemoryStoreRelease(t *testing.T) {
 }
 
 func TestMemoryStoreLeaseExpiry(t *testing.T) {
-	clk := newDedupeClock()
+	clk := newTestClock()
 	s := NewMemoryStore(WithMemoryClock(clk.Now))
 	ctx := context.Background()
 	const lease = time.Minute
@@ -146,7 +123,7 @@ func TestMemoryStoreLeaseExpiry(t *testing.T) {
 }
 
 func TestMemoryStoreEvictsOldestCompleted(t *testing.T) {
-	clk := newDedupeClock()
+	clk := newTestClock()
 	s := NewMemoryStore(WithMemoryClock(clk.Now), WithMemoryMaxEntries(3))
 	ctx := context.Background()
 	for _, id := range []string{"a", "b", "c"} {
@@ -172,7 +149,7 @@ func TestMemoryStoreEvictsOldestCompleted(t *testing.T) {
 }
 
 func TestMemoryStoreFullOfLiveClaims(t *testing.T) {
-	clk := newDedupeClock()
+	clk := newTestClock()
 	s := NewMemoryStore(WithMemoryClock(clk.Now), WithMemoryMaxEntries(2))
 	ctx := context.Background()
 	a := mustClaim(t, s, "a", time.Minute, ClaimAcquired)
@@ -207,7 +184,7 @@ func TestMemoryStoreFullOfLiveClaims(t *testing.T) {
 }
 
 func TestMemoryStoreSweepsExpired(t *testing.T) {
-	clk := newDedupeClock()
+	clk := newTestClock()
 	s := NewMemoryStore(WithMemoryClock(clk.Now))
 	ctx := context.Background()
 	for i := range 10 {
@@ -323,7 +300,7 @@ func (s *syncBuffer) String() string {
 type dedupeFixture struct {
 	t      *testing.T
 	signer *faltest.Signer
-	clock  *dedupeClock
+	clock  *testClock
 	store  *MemoryStore
 	logs   *syncBuffer
 	calls  atomic.Int64
@@ -333,7 +310,7 @@ type dedupeFixture struct {
 }
 
 func newDedupeFixture(t *testing.T, store DedupeStore, opts ...DedupeOption) *dedupeFixture {
-	f := &dedupeFixture{t: t, signer: faltest.SignerFromName("dedupe"), clock: newDedupeClock(), logs: &syncBuffer{}}
+	f := &dedupeFixture{t: t, signer: faltest.SignerFromName("dedupe"), clock: newTestClock(), logs: &syncBuffer{}}
 	if store == nil {
 		f.store = NewMemoryStore(WithMemoryClock(f.clock.Now))
 		store = f.store
@@ -759,7 +736,7 @@ func TestDedupeStoreErrorFailOpen(t *testing.T) {
 }
 
 func TestDedupeCompleteErrorKeepsClaim(t *testing.T) {
-	clk := newDedupeClock()
+	clk := newTestClock()
 	mem := NewMemoryStore(WithMemoryClock(clk.Now))
 	store := &faultyStore{MemoryStore: mem, completeErr: errStoreDown}
 	f := newDedupeFixture(t, store, WithDedupeLease(time.Minute))

@@ -27,22 +27,22 @@ import (
 // Helpers in this file are prefixed with jwks so they cannot collide with
 // the other test files of the package.
 
-// jwksClock is a settable clock for the JWKS cache: tests move time with
-// Advance instead of sleeping.
-type jwksClock struct {
+// testClock is a settable clock: tests move time with Advance instead of
+// sleeping. Safe for concurrent use.
+type testClock struct {
 	mu  sync.Mutex // guards t
 	now time.Time
 }
 
-func newJWKSClock() *jwksClock { return &jwksClock{now: time.Unix(1_700_000_000, 0)} }
+func newTestClock() *testClock { return &testClock{now: time.Unix(1_700_000_000, 0)} }
 
-func (c *jwksClock) Now() time.Time {
+func (c *testClock) Now() time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.now
 }
 
-func (c *jwksClock) Advance(d time.Duration) {
+func (c *testClock) Advance(d time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.now = c.now.Add(d)
@@ -421,7 +421,7 @@ func FuzzParseJWKS(f *testing.F) {
 // The cache.
 
 // jwksTestCache returns a cache of ks's keys reading clock.
-func jwksTestCache(ks *faltest.KeyServer, clock *jwksClock, opts ...JWKSOption) *JWKS {
+func jwksTestCache(ks *faltest.KeyServer, clock *testClock, opts ...JWKSOption) *JWKS {
 	j := NewJWKS(ks.URL, append([]JWKSOption{WithJWKSHTTPClient(ks.Client()), WithJWKSClock(clock.Now)}, opts...)...)
 	jwksCaches.Store(j, ks)
 	return j
@@ -443,12 +443,12 @@ func (j *JWKS) settle() {
 }
 
 // jwksTestVerifier returns a Verifier over j with the same clock.
-func jwksTestVerifier(j *JWKS, clock *jwksClock) *Verifier {
+func jwksTestVerifier(j *JWKS, clock *testClock) *Verifier {
 	return NewVerifier(WithKeySource(j), WithClock(clock.Now))
 }
 
 // jwksDelivery returns the headers and body of a delivery s signed now.
-func jwksDelivery(s *faltest.Signer, clock *jwksClock) (http.Header, []byte) {
+func jwksDelivery(s *faltest.Signer, clock *testClock) (http.Header, []byte) {
 	body := faltest.OKBody("5057fca7-2eb3-468f-b95d-cefe92b0b9d4", map[string]any{"seed": 42})
 	h := http.Header{}
 	s.Sign(faltest.Delivery{Time: clock.Now(), Body: body}).Set(h)
@@ -456,7 +456,7 @@ func jwksDelivery(s *faltest.Signer, clock *jwksClock) (http.Header, []byte) {
 }
 
 // jwksVerify verifies a fresh delivery by s against v.
-func jwksVerify(ctx context.Context, v *Verifier, s *faltest.Signer, clock *jwksClock) error {
+func jwksVerify(ctx context.Context, v *Verifier, s *faltest.Signer, clock *testClock) error {
 	h, body := jwksDelivery(s, clock)
 	return v.Verify(ctx, h, body)
 }
@@ -497,16 +497,16 @@ func TestJWKSColdCacheFetchesOnce(t *testing.T) {
 	signer := faltest.SignerFromName("cold")
 	tests := []struct {
 		name string
-		call func(ctx context.Context, j *JWKS, v *Verifier, clock *jwksClock) error
+		call func(ctx context.Context, j *JWKS, v *Verifier, clock *testClock) error
 	}{
-		{"PublicKeys", func(ctx context.Context, j *JWKS, _ *Verifier, _ *jwksClock) error {
+		{"PublicKeys", func(ctx context.Context, j *JWKS, _ *Verifier, _ *testClock) error {
 			keys, err := j.PublicKeys(ctx)
 			if err == nil && (len(keys) != 1 || !keys[0].Equal(signer.PublicKey())) {
 				return fmt.Errorf("got %d keys, want the signer's key", len(keys))
 			}
 			return err
 		}},
-		{"Verify", func(ctx context.Context, _ *JWKS, v *Verifier, clock *jwksClock) error {
+		{"Verify", func(ctx context.Context, _ *JWKS, v *Verifier, clock *testClock) error {
 			return jwksVerify(ctx, v, signer, clock)
 		}},
 	}
@@ -514,7 +514,7 @@ func TestJWKSColdCacheFetchesOnce(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			ks := faltest.NewKeyServer(signer)
 			defer ks.Close()
-			clock := newJWKSClock()
+			clock := newTestClock()
 			j := jwksTestCache(ks, clock)
 			v := jwksTestVerifier(j, clock)
 			release := jwksHold(t, ks)
@@ -554,7 +554,7 @@ func TestJWKSTTLExpiryRefetchesOnce(t *testing.T) {
 	signer := faltest.SignerFromName("ttl")
 	ks := faltest.NewKeyServer(signer)
 	defer ks.Close()
-	clock := newJWKSClock()
+	clock := newTestClock()
 	j := jwksTestCache(ks, clock)
 	ctx := context.Background()
 
@@ -617,7 +617,7 @@ func TestJWKSCacheControl(t *testing.T) {
 			ks := faltest.NewKeyServer(faltest.SignerFromName("cc"))
 			defer ks.Close()
 			ks.SetCacheControl(tt.cacheControl)
-			clock := newJWKSClock()
+			clock := newTestClock()
 			j := jwksTestCache(ks, clock, tt.opts...)
 			start := clock.Now()
 			if _, err := j.PublicKeys(context.Background()); err != nil {
@@ -646,7 +646,7 @@ func TestJWKSRotation(t *testing.T) {
 	oldKey, newKey := jwksGoldenSigner(t, "A"), jwksGoldenSigner(t, "B")
 	ks := faltest.NewKeyServer(oldKey)
 	defer ks.Close()
-	clock := newJWKSClock()
+	clock := newTestClock()
 	j := jwksTestCache(ks, clock)
 	v := jwksTestVerifier(j, clock)
 	ctx := context.Background()
@@ -711,7 +711,7 @@ func TestJWKSRefreshOnMismatchCooldown(t *testing.T) {
 	published, forger := faltest.SignerFromName("published"), faltest.SignerFromName("forger")
 	ks := faltest.NewKeyServer(published)
 	defer ks.Close()
-	clock := newJWKSClock()
+	clock := newTestClock()
 	j := jwksTestCache(ks, clock)
 	v := jwksTestVerifier(j, clock)
 	if err := jwksVerify(context.Background(), v, published, clock); err != nil {
@@ -787,7 +787,7 @@ func TestJWKSServesStaleKeysWhileServerDown(t *testing.T) {
 	signer := faltest.SignerFromName("stale")
 	ks := faltest.NewKeyServer(signer)
 	defer ks.Close()
-	clock := newJWKSClock()
+	clock := newTestClock()
 	j := jwksTestCache(ks, clock)
 	v := jwksTestVerifier(j, clock)
 	ctx := context.Background()
@@ -836,7 +836,7 @@ func TestJWKSMaxStaleZero(t *testing.T) {
 	signer := faltest.SignerFromName("nostale")
 	ks := faltest.NewKeyServer(signer)
 	defer ks.Close()
-	clock := newJWKSClock()
+	clock := newTestClock()
 	j := jwksTestCache(ks, clock, WithMaxStale(0))
 	ctx := context.Background()
 	if _, err := j.PublicKeys(ctx); err != nil {
@@ -854,7 +854,7 @@ func TestJWKSFirstFetchFails(t *testing.T) {
 	ks := faltest.NewKeyServer(signer)
 	defer ks.Close()
 	ks.FailNext(1, http.StatusInternalServerError)
-	clock := newJWKSClock()
+	clock := newTestClock()
 	j := jwksTestCache(ks, clock)
 	v := jwksTestVerifier(j, clock)
 	ctx := context.Background()
@@ -946,7 +946,7 @@ func TestJWKSFetchErrors(t *testing.T) {
 			ks := faltest.NewKeyServer(signer)
 			defer ks.Close()
 			tt.setup(ks)
-			clock := newJWKSClock()
+			clock := newTestClock()
 			j := jwksTestCache(ks, clock)
 			keys, err := j.PublicKeys(context.Background())
 			if len(keys) != 0 {
@@ -986,7 +986,7 @@ func TestJWKSMaxSizeAccepted(t *testing.T) {
 	ks := faltest.NewKeyServer(signer)
 	defer ks.Close()
 	ks.SetDocument(jwksDocOfSize(signer, MaxJWKSSize), "application/json")
-	j := jwksTestCache(ks, newJWKSClock())
+	j := jwksTestCache(ks, newTestClock())
 	if keys, err := j.PublicKeys(context.Background()); err != nil || len(keys) != 1 {
 		t.Fatalf("document of exactly MaxJWKSSize bytes: %d keys, %v; want 1 key", len(keys), err)
 	}
@@ -996,7 +996,7 @@ func TestJWKSFetchTimeout(t *testing.T) {
 	ks := faltest.NewKeyServer(faltest.SignerFromName("timeout"))
 	defer ks.Close()
 	jwksHold(t, ks) // the server never answers
-	j := jwksTestCache(ks, newJWKSClock(), WithFetchTimeout(200*time.Millisecond))
+	j := jwksTestCache(ks, newTestClock(), WithFetchTimeout(200*time.Millisecond))
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -1016,7 +1016,7 @@ func TestJWKSWaiterCancelled(t *testing.T) {
 	signer := faltest.SignerFromName("cancel")
 	ks := faltest.NewKeyServer(signer)
 	defer ks.Close()
-	clock := newJWKSClock()
+	clock := newTestClock()
 	j := jwksTestCache(ks, clock)
 	release := jwksHold(t, ks)
 
@@ -1064,20 +1064,20 @@ func TestJWKSContextCancelled(t *testing.T) {
 	signer := faltest.SignerFromName("ctx")
 	tests := []struct {
 		name string
-		call func(ctx context.Context, j *JWKS, v *Verifier, clock *jwksClock) error
+		call func(ctx context.Context, j *JWKS, v *Verifier, clock *testClock) error
 	}{
-		{"PublicKeys", func(ctx context.Context, j *JWKS, _ *Verifier, _ *jwksClock) error {
+		{"PublicKeys", func(ctx context.Context, j *JWKS, _ *Verifier, _ *testClock) error {
 			_, err := j.PublicKeys(ctx)
 			return err
 		}},
-		{"RefreshKeys", func(ctx context.Context, j *JWKS, _ *Verifier, _ *jwksClock) error {
+		{"RefreshKeys", func(ctx context.Context, j *JWKS, _ *Verifier, _ *testClock) error {
 			_, _, err := j.RefreshKeys(ctx)
 			return err
 		}},
-		{"Refresh", func(ctx context.Context, j *JWKS, _ *Verifier, _ *jwksClock) error {
+		{"Refresh", func(ctx context.Context, j *JWKS, _ *Verifier, _ *testClock) error {
 			return j.Refresh(ctx)
 		}},
-		{"Verify", func(ctx context.Context, _ *JWKS, v *Verifier, clock *jwksClock) error {
+		{"Verify", func(ctx context.Context, _ *JWKS, v *Verifier, clock *testClock) error {
 			return jwksVerify(ctx, v, signer, clock)
 		}},
 	}
@@ -1085,7 +1085,7 @@ func TestJWKSContextCancelled(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			ks := faltest.NewKeyServer(signer)
 			defer ks.Close()
-			clock := newJWKSClock()
+			clock := newTestClock()
 			j := jwksTestCache(ks, clock)
 			v := jwksTestVerifier(j, clock)
 			release := jwksHold(t, ks)
@@ -1141,7 +1141,7 @@ func TestJWKSRefusesPlainHTTP(t *testing.T) {
 		"https://[::1",
 	} {
 		t.Run(u, func(t *testing.T) {
-			clock := newJWKSClock()
+			clock := newTestClock()
 			j := NewJWKS(u, WithJWKSHTTPClient(jwksNoNetwork(t)), WithJWKSClock(clock.Now))
 			if keys, err := j.PublicKeys(context.Background()); !errors.Is(err, ErrKeysUnavailable) {
 				t.Errorf("JWKS URL %q: %d keys, error %v; want ErrKeysUnavailable", u, len(keys), err)
@@ -1177,7 +1177,7 @@ func TestJWKSAllowedURLs(t *testing.T) {
 					Request:    r,
 				}, nil
 			})}
-			j := NewJWKS(u, WithJWKSHTTPClient(client), WithJWKSClock(newJWKSClock().Now))
+			j := NewJWKS(u, WithJWKSHTTPClient(client), WithJWKSClock(newTestClock().Now))
 			if keys, err := j.PublicKeys(context.Background()); err != nil || len(keys) != 1 {
 				t.Errorf("JWKS URL %q: %d keys, %v; want 1 key", u, len(keys), err)
 			}
@@ -1238,7 +1238,7 @@ func TestJWKSRefusesRedirectToPlainHTTP(t *testing.T) {
 					return c
 				}())}},
 			} {
-				j := NewJWKS(srv.URL+tt.path, append(client.opts, WithJWKSClock(newJWKSClock().Now))...)
+				j := NewJWKS(srv.URL+tt.path, append(client.opts, WithJWKSClock(newTestClock().Now))...)
 				keys, err := j.PublicKeys(context.Background())
 				if tt.wantErr == nil {
 					if err != nil || len(keys) != 1 {
@@ -1258,7 +1258,7 @@ func TestJWKSStats(t *testing.T) {
 	a, b := jwksGoldenSigner(t, "A"), jwksGoldenSigner(t, "B")
 	ks := faltest.NewKeyServer(a, b)
 	defer ks.Close()
-	clock := newJWKSClock()
+	clock := newTestClock()
 	j := jwksTestCache(ks, clock)
 	ctx := context.Background()
 
@@ -1311,7 +1311,7 @@ func TestJWKSRefreshHook(t *testing.T) {
 	ks := faltest.NewKeyServer(signer)
 	defer ks.Close()
 	ks.SetCacheControl("max-age=600")
-	clock := newJWKSClock()
+	clock := newTestClock()
 	infos := make(chan RefreshInfo, 10)
 	j := jwksTestCache(ks, clock, WithRefreshHook(func(ri RefreshInfo) { infos <- ri }))
 	ctx := context.Background()
@@ -1360,7 +1360,7 @@ func TestJWKSRefreshForcesFetch(t *testing.T) {
 	a, b := jwksGoldenSigner(t, "A"), jwksGoldenSigner(t, "B")
 	ks := faltest.NewKeyServer(a)
 	defer ks.Close()
-	clock := newJWKSClock()
+	clock := newTestClock()
 	j := jwksTestCache(ks, clock)
 	ctx := context.Background()
 
