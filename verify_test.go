@@ -420,7 +420,9 @@ func TestParseHeaders(t *testing.T) {
 type goldenFile struct {
 	Keys []struct {
 		Name      string `json:"name"`
+		SeedHex   string `json:"seed_hex"`
 		PublicHex string `json:"public_hex"`
+		X         string `json:"x"` // base64url, unpadded
 	} `json:"keys"`
 	JWKS    json.RawMessage `json:"jwks"`
 	Vectors []struct {
