@@ -227,11 +227,10 @@ func WithDedupe(store DedupeStore, opts ...DedupeOption) Option {
 	}
 }
 
-// serveDedupe runs next for a verified delivery at most once per request id,
-// as described at WithDedupe.
-func (v *Verifier) serveDedupe(w http.ResponseWriter, r *http.Request, ev *Event, next http.Handler) {
+// serveDedupe runs next for a verified delivery at most once per request
+// id, the signed X-Fal-Webhook-Request-Id, as described at WithDedupe.
+func (v *Verifier) serveDedupe(w http.ResponseWriter, r *http.Request, id string, next http.Handler) {
 	d := v.mw.dedupe
-	id := signedRequestID(r.Header, ev)
 	ctx := r.Context()
 	res, err := d.store.Claim(ctx, id, d.lease)
 	if err == nil && res.State != ClaimAcquired && res.State != ClaimInProgress && res.State != ClaimCompleted {
@@ -303,18 +302,6 @@ func (v *Verifier) serveDedupe(w http.ResponseWriter, r *http.Request, ev *Event
 			v.logDedupe(r, slog.LevelWarn, "falwebhook: the handler outlived its dedupe lease ("+took.String()+" > "+d.lease.String()+"); raise the lease", id, nil)
 		}
 	}
-}
-
-// signedRequestID returns the X-Fal-Webhook-Request-Id of a verified
-// request, which the verification found exactly once, under some spelling.
-func signedRequestID(h http.Header, ev *Event) string {
-	if vs := h[HeaderRequestID]; len(vs) == 1 {
-		return vs[0]
-	}
-	if hs, err := ParseHeaders(h); err == nil {
-		return hs.RequestID // a hand-built header map with another spelling
-	}
-	return ev.RequestID // not reached after verification
 }
 
 // releaseClaim releases the claim after a failed run and logs why.

@@ -838,13 +838,12 @@ func BenchmarkDedupeOverhead(b *testing.B) {
 		reqs[i] = httptest.NewRequest(http.MethodPost, "/webhook", nil)
 		hs.Set(reqs[i].Header)
 	}
-	ev := &Event{RequestID: "bench-request", Status: StatusOK}
 	w := &benchWriter{h: http.Header{}}
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		w.code = 0
-		v.serveDedupe(w, reqs[i], ev, next)
+		v.serveDedupe(w, reqs[i], reqs[i].Header[HeaderRequestID][0], next)
 		if w.code != http.StatusNoContent {
 			b.Fatalf("status %d, want 204", w.code)
 		}

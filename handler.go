@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
-	"strings"
 )
 
 // DefaultMaxBodySize is the largest delivery body the middleware and
@@ -135,28 +134,35 @@ func NewContext(ctx context.Context, ev *Event) context.Context {
 // so junk costs neither a body read nor a key lookup. Errors match the
 // sentinels listed at StatusCode.
 func (v *Verifier) VerifyRequest(r *http.Request) (*Event, error) {
+	ev, _, err := v.verifyRequest(r)
+	return ev, err
+}
+
+// verifyRequest is VerifyRequest, also returning the verified headers.
+func (v *Verifier) verifyRequest(r *http.Request) (*Event, Headers, error) {
 	if r.Method != http.MethodPost {
-		return nil, fmt.Errorf("%w: %s", ErrMethodNotAllowed, r.Method)
+		return nil, Headers{}, fmt.Errorf("%w: %s", ErrMethodNotAllowed, r.Method)
 	}
 	hs, err := ParseHeaders(r.Header)
 	if err != nil {
-		return nil, err
+		return nil, hs, err
 	}
 	sig, err := v.check(hs)
 	if err != nil {
-		return nil, err
+		return nil, hs, err
 	}
 	body, sum, err := readBody(r, v.mw.maxBody)
 	if err != nil {
-		return nil, err
+		return nil, hs, err
 	}
 	r.Body = io.NopCloser(bytes.NewReader(body))
 	r.ContentLength = int64(len(body))
 	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
 	if err := v.verifyDigest(r.Context(), hs, &sig, &sum); err != nil {
-		return nil, err
+		return nil, hs, err
 	}
-	return ParseEvent(body)
+	ev, err := ParseEvent(body)
+	return ev, hs, err
 }
 
 // readBody reads r's body, hashing it on the way, failing with
@@ -217,14 +223,14 @@ func readBody(r *http.Request, limit int64) ([]byte, [sha256.Size]byte, error) {
 // or calls the handler set by WithErrorHandler.
 func (v *Verifier) Middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ev, err := v.VerifyRequest(r)
+		ev, hs, err := v.verifyRequest(r)
 		if err != nil {
 			v.reject(w, r, err)
 			return
 		}
 		r = r.WithContext(NewContext(r.Context(), ev))
 		if v.mw.dedupe != nil {
-			v.serveDedupe(w, r, ev, next)
+			v.serveDedupe(w, r, hs.RequestID, next)
 			return
 		}
 		next.ServeHTTP(w, r)
@@ -254,7 +260,7 @@ func (v *Verifier) reject(w http.ResponseWriter, r *http.Request, err error) {
 		l.LogAttrs(r.Context(), level, "falwebhook: rejected delivery",
 			slog.Int("status", code),
 			slog.String("err", err.Error()),
-			slog.String("request_id", firstHeader(r.Header, HeaderRequestID)),
+			slog.String("request_id", firstRequestID(r.Header)),
 			slog.String("remote", r.RemoteAddr))
 	}
 	if code == http.StatusRequestEntityTooLarge {
@@ -287,14 +293,11 @@ func writeStatus(w http.ResponseWriter, code, retryAfter int) {
 	http.Error(w, http.StatusText(code), code)
 }
 
-// firstHeader returns the first value of name in h, matched
-// case-insensitively, for logs.
-func firstHeader(h http.Header, name string) string {
-	if vs := h.Values(name); len(vs) > 0 {
-		return vs[0]
-	}
+// firstRequestID returns the first X-Fal-Webhook-Request-Id value in h,
+// under any spelling, for logs about requests that may be malformed.
+func firstRequestID(h http.Header) string {
 	for k, vs := range h {
-		if len(vs) > 0 && strings.EqualFold(k, name) {
+		if len(vs) > 0 && headerIndex(k) == 0 {
 			return vs[0]
 		}
 	}
