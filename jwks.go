@@ -324,23 +324,9 @@ func NewJWKS(url string, opts ...JWKSOption) *JWKS {
 		}
 	}
 	if j.client == nil {
-		j.client = &http.Client{Timeout: DefaultFetchTimeout, CheckRedirect: checkRedirect}
-	} else {
-		// Use a copy of the caller's client whose redirects are checked
-		// too, so a redirect to plain http is refused before it is followed.
-		c := *j.client
-		next := c.CheckRedirect
-		if next == nil {
-			next = checkRedirect
-		}
-		c.CheckRedirect = func(req *http.Request, via []*http.Request) error {
-			if err := checkScheme(req.URL); err != nil {
-				return err
-			}
-			return next(req, via)
-		}
-		j.client = &c
+		j.client = &http.Client{Timeout: DefaultFetchTimeout}
 	}
+	j.client = withSchemeCheck(j.client)
 	if j.now == nil {
 		j.now = time.Now
 	}
@@ -591,11 +577,25 @@ func isLoopback(host string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-func checkRedirect(req *http.Request, via []*http.Request) error {
-	if len(via) >= 5 {
-		return errors.New("too many redirects")
+// withSchemeCheck returns a copy of c that refuses a redirect failing
+// checkScheme before following it, then applies c's own redirect policy
+// (or, without one, stops after 5 redirects).
+func withSchemeCheck(c *http.Client) *http.Client {
+	cc := *c
+	next := c.CheckRedirect
+	cc.CheckRedirect = func(req *http.Request, via []*http.Request) error {
+		if err := checkScheme(req.URL); err != nil {
+			return err
+		}
+		if next != nil {
+			return next(req, via)
+		}
+		if len(via) >= 5 {
+			return errors.New("too many redirects")
+		}
+		return nil
 	}
-	return checkScheme(req.URL)
+	return &cc
 }
 
 // cacheTTL derives the keys' lifetime from Cache-Control max-age (less Age),
