@@ -448,7 +448,7 @@ func (v *Verifier) verifyDigest(ctx context.Context, hs Headers, sig *[ed25519.S
 		if rerr != nil {
 			return fmt.Errorf("%w: none of %d keys verified and the refresh failed: %w", ErrSignatureMismatch, tried, rerr)
 		}
-		if refreshed || !sameKeys(fresh, keys) {
+		if refreshed || !nothingNew(fresh, keys) {
 			n, ok := v.tryKeys(fresh, msg, sig[:])
 			if ok {
 				return nil
@@ -462,13 +462,11 @@ func (v *Verifier) verifyDigest(ctx context.Context, hs Headers, sig *[ed25519.S
 	return fmt.Errorf("%w: none of %d keys verified", ErrSignatureMismatch, tried)
 }
 
-// sameKeys reports whether a and b are the same slice (not merely equal
-// keys): nil and empty slices count as the same.
-func sameKeys(a, b []ed25519.PublicKey) bool {
-	if len(a) == 0 || len(b) == 0 {
-		return len(a) == len(b) || len(a) == 0
-	}
-	return len(a) == len(b) && &a[0] == &b[0]
+// nothingNew reports whether fresh, returned by a declined refresh, offers
+// no keys beyond tried: it is empty, or the very slice already tried (not
+// merely equal keys).
+func nothingNew(fresh, tried []ed25519.PublicKey) bool {
+	return len(fresh) == 0 || len(fresh) == len(tried) && &fresh[0] == &tried[0]
 }
 
 // tryKeys verifies sig with each usable key, the last successful one first.
