@@ -132,7 +132,8 @@ func NewContext(ctx context.Context, ev *Event) context.Context {
 //
 // The method must be POST. The headers are checked before the body is read,
 // so junk costs neither a body read nor a key lookup. Errors match the
-// sentinels listed at StatusCode.
+// sentinels listed at StatusCode. The event's Payload shares memory with the
+// body bytes r.Body now reads: do not modify it.
 func (v *Verifier) VerifyRequest(r *http.Request) (*Event, error) {
 	ev, _, err := v.verifyRequest(r)
 	return ev, err
@@ -161,7 +162,9 @@ func (v *Verifier) verifyRequest(r *http.Request) (*Event, Headers, error) {
 	if err := v.verifyDigest(r.Context(), hs, &sig, &sum); err != nil {
 		return nil, hs, err
 	}
-	ev, err := ParseEvent(body)
+	// body is ours and never written again (the fresh r.Body only reads
+	// it), so the event's Payload may share it instead of copying.
+	ev, err := parseEvent(body, false)
 	return ev, hs, err
 }
 

@@ -95,8 +95,14 @@ type Event struct {
 // ParseEvent does not verify the delivery; call it on a body that Verify has
 // accepted.
 func ParseEvent(body []byte) (*Event, error) {
+	return parseEvent(body, true)
+}
+
+// parseEvent parses body; with copyPayload false the event's Payload shares
+// body's memory, for callers that own body and never change it.
+func parseEvent(body []byte, copyPayload bool) (*Event, error) {
 	e := new(Event)
-	if err := e.parse(body); err != nil {
+	if err := e.parse(body, copyPayload); err != nil {
 		return nil, err
 	}
 	return e, nil
@@ -109,7 +115,7 @@ func (e *Event) UnmarshalJSON(data []byte) error {
 		return nil
 	}
 	var ev Event
-	if err := ev.parse(data); err != nil {
+	if err := ev.parse(data, true); err != nil {
 		return err
 	}
 	*e = ev
@@ -126,7 +132,7 @@ const (
 	seenPayloadError
 )
 
-func (e *Event) parse(body []byte) error {
+func (e *Event) parse(body []byte, copyPayload bool) error {
 	trimmed := bytes.Trim(body, jsonSpace)
 	if len(trimmed) == 0 {
 		return fmt.Errorf("%w: empty body", ErrInvalidEvent)
@@ -165,7 +171,10 @@ func (e *Event) parse(body []byte) error {
 		case "error":
 			bit, err = seenError, decodeString(raw, &e.Error, true)
 		case "payload":
-			bit, e.Payload = seenPayload, bytes.Clone(raw)
+			bit, e.Payload = seenPayload, raw
+			if copyPayload {
+				e.Payload = bytes.Clone(raw)
+			}
 		case "payload_error":
 			bit, err = seenPayloadError, decodeString(raw, &e.PayloadError, true)
 		default:
