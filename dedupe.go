@@ -11,21 +11,6 @@ import (
 	"time"
 )
 
-// Defaults of the dedupe layer. See WithDedupe.
-const (
-	// DefaultDedupeLease is how long a claim on a delivery lasts while its
-	// handler runs: 2 minutes, eight times fal's 15 second delivery timeout.
-	DefaultDedupeLease = 2 * time.Minute
-
-	// DefaultDedupeTTL is how long a completed delivery is remembered: 24
-	// hours, well past fal's retry window (about 1 to 2 hours).
-	DefaultDedupeTTL = 24 * time.Hour
-
-	// DefaultMemoryStoreMaxEntries is how many request ids a MemoryStore
-	// holds at most.
-	DefaultMemoryStoreMaxEntries = 100_000
-)
-
 // HeaderDuplicate marks a response the dedupe layer wrote instead of
 // calling the handler: "completed" on the 200 answering a delivery that was
 // already processed, "in-progress" on the 409 answering one whose handler is
@@ -36,86 +21,67 @@ const HeaderDuplicate = "Falwebhook-Duplicate"
 var (
 	// ErrClaimLost is returned by a DedupeStore's Complete or Release when
 	// the claim named by the token is no longer held: its lease ran out and
-	// another claim took the request id, or the request id was completed
-	// meanwhile. The handler that held it may have run twice.
+	// another claim took the request id, or another claim completed it. The
+	// handler that held it may have run twice.
 	ErrClaimLost = errors.New("falwebhook: dedupe claim lost")
 
-	// ErrStoreFull is returned by MemoryStore.Claim when every entry is a
-	// live claim, so none can be evicted without risking a second run.
-	ErrStoreFull = errors.New("falwebhook: dedupe store full")
+	// ErrDedupeStore is returned by Dedupe.Do, wrapping the store's error,
+	// when the request id could not be claimed: the store is down or full.
+	// The handler did not run; answer 503 so that fal retries.
+	ErrDedupeStore = errors.New("falwebhook: dedupe store failed")
 )
 
-// errDedupeStore is wrapped around a DedupeStore's errors in the
-// middleware's logs.
-var errDedupeStore = errors.New("falwebhook: dedupe store")
-
-// ClaimState is the outcome of DedupeStore.Claim.
+// ClaimState is the outcome of DedupeStore.Claim, and what Dedupe.Do did.
 type ClaimState int
 
-// The outcomes of a claim. The zero ClaimState is not valid; the middleware
-// treats it as a store error.
+// The outcomes of a claim. The zero ClaimState is not valid.
 const (
 	// ClaimAcquired: the caller now holds the request id, under the
 	// returned token, until it completes or releases it or the lease runs
-	// out.
+	// out. From Dedupe.Do: the function ran.
 	ClaimAcquired ClaimState = iota + 1
 
 	// ClaimInProgress: another claim holds the request id and its lease has
-	// not run out.
+	// not run out. From Dedupe.Do: the function did not run; answer 409 (or
+	// any non-2xx) so that fal retries later.
 	ClaimInProgress
 
 	// ClaimCompleted: the request id was completed and its record has not
-	// expired.
+	// expired. From Dedupe.Do: the function did not run; answer 200.
 	ClaimCompleted
 )
 
-// String returns "acquired", "in-progress", "completed" or
-// "ClaimState(n)".
-func (s ClaimState) String() string {
-	switch s {
-	case ClaimAcquired:
-		return "acquired"
-	case ClaimInProgress:
-		return "in-progress"
-	case ClaimCompleted:
-		return "completed"
-	}
-	return "ClaimState(" + strconv.Itoa(int(s)) + ")"
-}
-
-// ClaimResult is what DedupeStore.Claim returns.
-type ClaimResult struct {
-	State ClaimState
-	Token string // identifies the claim when State is ClaimAcquired; empty otherwise
-}
-
 // A DedupeStore records which deliveries are being processed and which are
-// done, keyed by request id, for WithDedupe. Its three operations must each
-// be atomic with respect to each other, also across processes when
-// replicas share the store. A store may be built on any database with a
+// done, keyed by request id, for Dedupe. Its three operations must each be
+// atomic with respect to each other, also across processes when replicas
+// share the store. A store may be built on any database with a
 // compare-and-set: in SQL, a table (request_id primary key, token, done,
 // expires_at) where Claim is an INSERT … ON CONFLICT DO UPDATE … WHERE
 // expires_at <= now, and Complete and Release are UPDATE and DELETE with
 // WHERE token = $token.
 //
 // A record is live until its expiry time; an expired record counts as
-// absent. The middleware passes positive durations only.
+// absent. Dedupe passes positive durations only, and may call Complete or
+// Release more than once with the same token (it retries them when they
+// fail, and a failure may hide a success): each must then report what the
+// first call did.
 //
-// Implementations: MemoryStore for one process, and the Redis store in the
-// module github.com/falwebhook/falwebhook/redisdedupe for replicas.
+// Implementations: NewMemoryStore for one process, and the Redis store in
+// the module github.com/falwebhook/falwebhook/redisdedupe for replicas.
 type DedupeStore interface {
 	// Claim atomically looks up requestID. With no live record it creates
 	// an in-progress record with a fresh token that no other claim ever
 	// had, expiring after lease, and returns ClaimAcquired and the token.
 	// Otherwise it changes nothing and returns ClaimInProgress or
 	// ClaimCompleted.
-	Claim(ctx context.Context, requestID string, lease time.Duration) (ClaimResult, error)
+	Claim(ctx context.Context, requestID string, lease time.Duration) (state ClaimState, token string, err error)
 
 	// Complete records requestID as completed, expiring after ttl, when
 	// the claim with token still holds it or when it has no live record
 	// (the lease ran out and no one claimed it since; the work was done all
-	// the same). When another claim holds it, or it is already completed,
-	// Complete changes nothing and returns an error wrapping ErrClaimLost.
+	// the same), and returns nil when it was already completed under token.
+	// When another claim holds it or completed it, Complete changes nothing
+	// and returns an error wrapping ErrClaimLost.
 	Complete(ctx context.Context, requestID, token string, ttl time.Duration) error
 
 	// Release deletes requestID's record when the claim with token holds
@@ -125,209 +91,409 @@ type DedupeStore interface {
 	Release(ctx context.Context, requestID, token string) error
 }
 
-// A DedupeOption configures WithDedupe.
-type DedupeOption func(*dedupeConfig)
+// Dedupe runs a handler once per request id, turning fal's at-least-once
+// delivery into exactly-once processing, also across replicas that share
+// its Store. Use it through WithDedupe (the one-line way, which places it
+// after verification), its Middleware behind a Verifier's, or Do from code
+// that does not use net/http middleware. Set the fields, then use it; they
+// must not change after first use. A zero field means its default.
+//
+// For each verified delivery it claims the request id (the signed
+// X-Fal-Webhook-Request-Id) in the store:
+//
+//   - already completed: the handler does not run; the answer is 200 with
+//     HeaderDuplicate "completed";
+//   - being processed right now, by this or another replica: the handler
+//     does not run; the answer is 409 Conflict with Retry-After and
+//     HeaderDuplicate "in-progress", so that fal tries again later (409
+//     rather than 503, so that it shows as a conflict, not an outage);
+//   - claimed: the handler runs. When it succeeds (Do: fn returns nil;
+//     Middleware: the status is 2xx, including writing nothing) the request
+//     id is completed and remembered for TTL. When it fails or panics the
+//     claim is released so that fal's next retry processes the delivery; a
+//     panic then goes on unchanged.
+//   - the store fails: the answer is 503 with Retry-After (fail closed),
+//     unless FailOpen.
+//
+// The answer goes to fal as soon as the handler's outcome is known; the
+// store's bookkeeping (Complete or Release) follows. When it fails it is
+// retried in the background with backoff while the claim is still ours
+// (until a tenth of the lease before it runs out), so a short store outage
+// does not make a retry run the handler again. Shutdown waits for those
+// retries.
+//
+// What exactly-once promises: the handler runs to success at most once per
+// request id while the store keeps its records, and a failed run is retried
+// by fal. It cannot hold when the store loses records (a Redis restart
+// without persistence, a failover), when the bookkeeping keeps failing
+// until the lease runs out, or when a handler outlives its lease and a
+// retry claims the id again (logged at Error level with ErrClaimLost). The
+// handler's side effects are not transactional with the store: a process
+// that dies after the side effect but before Complete lands leaves the
+// claim to expire, and fal's next retry runs the handler again. Handlers
+// that must never repeat a side effect should also key it by request id.
+//
+// A Dedupe is safe for concurrent use by multiple goroutines.
+type Dedupe struct {
+	// Store keeps the claims (default: an in-memory store for this process
+	// only, NewMemoryStore(0)). Replicas need a shared store.
+	Store DedupeStore
 
-// WithDedupeLease sets how long a claim lasts (default DefaultDedupeLease,
-// 2 minutes). The lease must cover the longest run of the handler: when it
-// runs out while the handler still runs, the next retry of the delivery
-// runs the handler a second time, concurrently. It must not be much longer
-// than needed either: a replica that dies mid-handler holds the delivery
-// until the lease runs out, and fal's retries in the meantime are answered
-// 409. Note that fal gives up on an attempt after 15 s and retries, so a
-// handler that takes longer than that is retried anyway. Zero or less
-// restores the default.
-func WithDedupeLease(d time.Duration) DedupeOption {
-	return func(c *dedupeConfig) { c.lease = d }
+	// Lease is how long a claim lasts (default 2 minutes). It must cover
+	// the longest run of the handler: when it runs out while the handler
+	// still runs, the next retry of the delivery runs the handler again,
+	// concurrently. It should not be much longer than needed either: a
+	// replica that dies mid-handler holds the delivery until the lease runs
+	// out, and fal's retries meanwhile are answered 409. fal gives up on an
+	// attempt after 15 s and retries, so a handler that takes longer is
+	// retried anyway.
+	Lease time.Duration
+
+	// TTL is how long a completed delivery is remembered and answered as a
+	// duplicate (default 24 hours). It should exceed fal's retry window,
+	// about 1 to 2 hours.
+	TTL time.Duration
+
+	// FailOpen runs the handler when the store cannot be asked, as if there
+	// were no dedupe. By default Dedupe fails closed: it answers 503 and fal
+	// retries later. Failing open keeps deliveries flowing while the store
+	// is down, at the cost of exactly-once: during the outage every retry
+	// runs the handler.
+	FailOpen bool
+
+	// Logger receives duplicates and store failures (default: the
+	// Verifier's logger with WithDedupe, otherwise no logging).
+	Logger *slog.Logger
+
+	// Clock returns the current time (default time.Now). It times leases
+	// for the retries of the bookkeeping and for the overrun warning.
+	Clock func() time.Time
+
+	init  sync.Once
+	store DedupeStore
+
+	bookkeeping sync.WaitGroup // background retries of Complete and Release
+
+	// wait is what the background retries wait with; tests replace it.
+	wait func(context.Context, time.Duration) error
 }
 
-// WithDedupeTTL sets how long a completed delivery is remembered and
-// answered as a duplicate (default DefaultDedupeTTL, 24 hours). It should
-// exceed fal's retry window, about 1 to 2 hours. Zero or less restores the
-// default.
-func WithDedupeTTL(d time.Duration) DedupeOption {
-	return func(c *dedupeConfig) { c.ttl = d }
-}
+const (
+	defaultDedupeLease = 2 * time.Minute
+	defaultDedupeTTL   = 24 * time.Hour
+)
 
-// WithDedupeFailOpen makes the middleware call the handler when the store
-// cannot be asked (Claim returns an error), as if there were no dedupe. By
-// default it fails closed: it answers 503 with Retry-After and fal retries
-// the delivery later. Failing open keeps deliveries flowing while the store
-// is down, at the cost of exactly-once: during the outage every retry runs
-// the handler.
-func WithDedupeFailOpen() DedupeOption {
-	return func(c *dedupeConfig) { c.failOpen = true }
-}
-
-// dedupeConfig is the middleware's dedupe layer, set by WithDedupe.
-type dedupeConfig struct {
-	store    DedupeStore
-	lease    time.Duration
-	ttl      time.Duration
-	failOpen bool
-}
-
-// WithDedupe makes the middleware run the handler once per request id,
-// turning fal's at-least-once delivery into exactly-once processing, also
-// across replicas that share store. A nil store turns dedupe off.
-//
-// After a delivery is verified, the middleware claims its request id (the
-// signed X-Fal-Webhook-Request-Id header) in store:
-//
-//   - already completed: it answers 200 with HeaderDuplicate "completed"
-//     and does not call the handler;
-//   - being processed right now, by this or another replica: it answers
-//     409 Conflict with Retry-After and HeaderDuplicate "in-progress", so
-//     that fal tries again later (409 rather than 503, so that it shows in
-//     logs and metrics as a conflict, not as an outage);
-//   - claimed: it calls the handler. When the handler's status is 2xx
-//     (including writing nothing, which net/http answers 200) the request
-//     id is completed and remembered for the TTL. On any other status, or
-//     when the handler panics, the claim is released so that fal's next
-//     retry processes the delivery; a panic then goes on to net/http
-//     unchanged.
-//
-// The store is asked with the request's context for Claim and with
-// context.WithoutCancel of it for Complete and Release, so a client that
-// hangs up does not leave a claim behind. A store should bound its own
-// operations (the Redis client does, with its timeouts).
-//
-// When Claim fails the middleware answers 503 with Retry-After (fail
-// closed) unless WithDedupeFailOpen is given. When Complete or Release
-// fails, the response has already been decided by the handler; the
-// failure is logged (see WithLogger) and the claim stays until its lease
-// runs out, after which a retry is processed again. When the handler
-// outlived its lease and another claim took the request id, Complete fails
-// with ErrClaimLost and the handler may have run twice: give it a longer
-// lease (WithDedupeLease).
-//
-// Responses the dedupe layer writes itself do not go through the handler
-// set by WithErrorHandler. Exactly-once holds as far as the store keeps
-// its records: a store that loses them (a Redis restart without
-// persistence, a failover) lets a later retry run the handler again.
-func WithDedupe(store DedupeStore, opts ...DedupeOption) Option {
-	return func(v *Verifier) {
-		if store == nil {
-			v.mw.dedupe = nil
-			return
+func (d *Dedupe) setup() {
+	d.init.Do(func() {
+		d.store = d.Store
+		if d.store == nil {
+			d.store = NewMemoryStore(0)
 		}
-		c := &dedupeConfig{store: store}
-		for _, opt := range opts {
-			if opt != nil {
-				opt(c)
+		if d.wait == nil {
+			d.wait = sleepCtx
+		}
+	})
+}
+
+func (d *Dedupe) now() time.Time {
+	if d.Clock != nil {
+		return d.Clock()
+	}
+	return time.Now()
+}
+
+func (d *Dedupe) lease() time.Duration {
+	if d.Lease <= 0 {
+		return defaultDedupeLease
+	}
+	return d.Lease
+}
+
+func (d *Dedupe) ttl() time.Duration {
+	if d.TTL <= 0 {
+		return defaultDedupeTTL
+	}
+	return d.TTL
+}
+
+// WithDedupe makes the Verifier's middleware run the handler once per
+// request id, with d placed after verification so the order cannot be
+// wrong. See Dedupe. Responses the dedupe layer writes itself do not go
+// through the handler set by WithErrorHandler. A nil d turns dedupe off.
+//
+//	v := falwebhook.NewVerifier(falwebhook.WithDedupe(&falwebhook.Dedupe{}))  // in memory
+func WithDedupe(d *Dedupe) Option {
+	return func(v *Verifier) { v.dedupe = d }
+}
+
+// Do runs fn at most once per request id, as described at Dedupe, for code
+// that does not use net/http middleware (gin, echo or fiber handlers, AWS
+// Lambda). Call it only with the request id of a verified delivery
+// (Event.RequestID from Verify or VerifyRequest).
+//
+// It reports what happened: ClaimAcquired when fn ran (the error is fn's),
+// ClaimCompleted or ClaimInProgress when it did not (answer 200, or 409 so
+// that fal retries later), and 0 with an error wrapping ErrDedupeStore when
+// the store failed (answer 503: StatusCode and WriteError do). fn receives
+// ctx.
+func (d *Dedupe) Do(ctx context.Context, requestID string, fn func(ctx context.Context) error) (ClaimState, error) {
+	return d.do(ctx, requestID, fn, doHooks{}, d.Logger)
+}
+
+// Middleware returns a handler that runs next once per request id (the
+// signed X-Fal-Webhook-Request-Id), reading the verified delivery from the
+// request context. It must sit behind a Verifier's Middleware:
+//
+//	v.Middleware(d.Middleware(handler))
+//
+// Without a verified event in the context it refuses loudly, answering 500
+// and logging at Error level (to slog.Default when Logger is nil), and never
+// runs next.
+func (d *Dedupe) Middleware(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id, ok := verifiedRequestID(r.Context())
+		if !ok {
+			l := d.Logger
+			if l == nil {
+				l = slog.Default()
 			}
+			l.ErrorContext(r.Context(), "falwebhook: Dedupe.Middleware got a request that no Verifier checked; refusing it (wrap it in Verifier.Middleware, or use WithDedupe)",
+				slog.String("path", r.URL.Path), slog.String("remote", r.RemoteAddr))
+			writeStatus(w, http.StatusInternalServerError)
+			return
 		}
-		if c.lease <= 0 {
-			c.lease = DefaultDedupeLease
-		}
-		if c.ttl <= 0 {
-			c.ttl = DefaultDedupeTTL
-		}
-		v.mw.dedupe = c
+		d.serve(w, r, id, next, nil, nil)
+	})
+}
+
+// Shutdown waits until the background bookkeeping of deliveries already
+// answered is done, or ctx is done. Call it after http.Server.Shutdown has
+// returned, so that no completion is lost to an exit. It does not stop d.
+func (d *Dedupe) Shutdown(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() {
+		d.bookkeeping.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 
-// serveDedupe runs next for a verified delivery at most once per request
-// id, the signed X-Fal-Webhook-Request-Id, as described at WithDedupe.
-func (v *Verifier) serveDedupe(w http.ResponseWriter, r *http.Request, id string, next http.Handler) {
-	d := v.mw.dedupe
-	ctx := r.Context()
-	res, err := d.store.Claim(ctx, id, d.lease)
-	if err == nil && res.State != ClaimAcquired && res.State != ClaimInProgress && res.State != ClaimCompleted {
-		err = fmt.Errorf("claim returned state %s", res.State)
+// serve is the middleware of d, with logger as the default logger; claimed,
+// if not nil, is told the claim's outcome before the handler runs.
+func (d *Dedupe) serve(w http.ResponseWriter, r *http.Request, id string, next http.Handler, logger *slog.Logger, claimed func(ClaimState, error)) {
+	if d.Logger != nil {
+		logger = d.Logger
 	}
-	if err != nil {
-		err = fmt.Errorf("%w: claim: %w", errDedupeStore, err)
-		if ctx.Err() != nil {
-			v.logDedupe(r, slog.LevelWarn, "falwebhook: the client went away before the delivery was claimed", id, err)
-			writeStatus(w, http.StatusServiceUnavailable, v.mw.retryAfter)
-			return
+	sw := &statusWriter{ResponseWriter: w}
+	run := func(context.Context) error {
+		next.ServeHTTP(sw, r)
+		if code := sw.status(); code < 200 || code > 299 {
+			return errors.New("the handler answered " + strconv.Itoa(code))
 		}
-		if d.failOpen {
-			v.logDedupe(r, slog.LevelError, "falwebhook: dedupe store failed; running the handler (fail open)", id, err)
-			next.ServeHTTP(w, r)
-			return
-		}
-		v.logDedupe(r, slog.LevelError, "falwebhook: dedupe store failed; asking fal to retry", id, err)
-		writeStatus(w, http.StatusServiceUnavailable, v.mw.retryAfter)
-		return
+		return nil
 	}
-	switch res.State {
-	case ClaimCompleted:
-		v.logDedupe(r, slog.LevelInfo, "falwebhook: duplicate delivery of a completed request", id, nil)
+	// Send the handler's answer before the bookkeeping, so that a slow
+	// store never holds up fal.
+	answered := func() { _ = http.NewResponseController(sw).Flush() }
+	state, err := d.do(r.Context(), id, run, doHooks{claimed: claimed, answered: answered}, logger)
+	switch {
+	case state == ClaimCompleted:
 		h := w.Header()
 		h.Set(HeaderDuplicate, "completed")
 		h.Set("Content-Type", "text/plain; charset=utf-8")
 		h.Set("X-Content-Type-Options", "nosniff")
 		w.WriteHeader(http.StatusOK)
 		_, _ = w.Write([]byte("OK (duplicate delivery, already processed)\n"))
-		return
-	case ClaimInProgress:
-		v.logDedupe(r, slog.LevelInfo, "falwebhook: duplicate delivery of a request in progress; asking fal to retry", id, nil)
+	case state == ClaimInProgress:
 		w.Header().Set(HeaderDuplicate, "in-progress")
-		writeStatus(w, http.StatusConflict, v.mw.retryAfter)
-		return
+		writeStatus(w, http.StatusConflict)
+	case state == 0 && err != nil:
+		writeStatus(w, StatusCode(err))
+	}
+}
+
+// doHooks are told how Dedupe.do goes; nil hooks are skipped.
+type doHooks struct {
+	claimed  func(ClaimState, error) // the claim's outcome, before fn runs
+	answered func()                  // fn has returned; the bookkeeping follows
+}
+
+// do is Do, calling hooks and logging to logger.
+func (d *Dedupe) do(ctx context.Context, id string, fn func(context.Context) error, hooks doHooks, logger *slog.Logger) (ClaimState, error) {
+	d.setup()
+	lg := dedupeLog{l: logger, ctx: ctx, id: id}
+	lease := d.lease()
+	start := d.now()
+	state, token, err := d.store.Claim(ctx, id, lease)
+	if err == nil && state != ClaimAcquired && state != ClaimInProgress && state != ClaimCompleted {
+		err = fmt.Errorf("claim returned state %d", state)
+	}
+	claimed := func(state ClaimState, err error) {
+		if hooks.claimed != nil {
+			hooks.claimed(state, err)
+		}
+	}
+	if err != nil {
+		err = fmt.Errorf("%w: claim: %w", ErrDedupeStore, err)
+		switch {
+		case ctx.Err() != nil:
+			lg.log(slog.LevelWarn, "falwebhook: the client went away before the delivery was claimed", err)
+		case d.FailOpen:
+			lg.log(slog.LevelError, "falwebhook: dedupe store failed; running the handler (fail open)", err)
+			claimed(ClaimAcquired, nil)
+			return ClaimAcquired, fn(ctx)
+		default:
+			lg.log(slog.LevelError, "falwebhook: dedupe store failed; asking fal to retry", err)
+		}
+		claimed(0, err)
+		return 0, err
+	}
+	claimed(state, nil)
+	switch state {
+	case ClaimCompleted:
+		lg.log(slog.LevelInfo, "falwebhook: duplicate delivery of a completed request", nil)
+		return state, nil
+	case ClaimInProgress:
+		lg.log(slog.LevelInfo, "falwebhook: duplicate delivery of a request in progress; asking fal to retry", nil)
+		return state, nil
 	}
 
-	var start time.Time
-	if v.mw.logger != nil {
-		start = v.now() // only to log a lease overrun
-	}
-	sw := &statusWriter{ResponseWriter: w}
-	returned := false
+	c := claim{d: d, id: id, token: token, deadline: start.Add(lease - lease/10), log: lg}
 	defer func() {
-		if !returned { // the handler panicked or called runtime.Goexit
-			v.releaseClaim(r, d, id, res.Token, "the handler panicked")
+		if c.outcome == "" { // fn panicked or called runtime.Goexit
+			c.outcome = "the handler panicked"
+			c.finish(ctx, false)
 		}
 	}()
-	next.ServeHTTP(sw, r)
-	returned = true
-
-	code := sw.code
-	if code == 0 {
-		code = http.StatusOK
+	ferr := fn(ctx)
+	c.outcome = "the handler succeeded"
+	if ferr != nil {
+		c.outcome = "the handler failed: " + ferr.Error()
 	}
-	if code < 200 || code > 299 {
-		v.releaseClaim(r, d, id, res.Token, "the handler answered "+strconv.Itoa(code))
+	if hooks.answered != nil {
+		hooks.answered()
+	}
+	if took := d.now().Sub(start); took > lease {
+		lg.log(slog.LevelWarn, "falwebhook: the handler outlived its dedupe lease ("+took.String()+" > "+lease.String()+"); raise Dedupe.Lease", nil)
+	}
+	c.finish(ctx, ferr == nil)
+	return ClaimAcquired, ferr
+}
+
+// claim is one acquired claim whose bookkeeping is pending.
+type claim struct {
+	d         *Dedupe
+	id, token string
+	deadline  time.Time // by d's clock: retry the bookkeeping until then
+	outcome   string    // why it is completed or released, for logs
+	log       dedupeLog
+}
+
+// finish completes the claim (ok) or releases it. A first attempt runs now;
+// when it fails for a reason other than a lost claim, retries run in the
+// background.
+func (c *claim) finish(ctx context.Context, ok bool) {
+	ctx = context.WithoutCancel(ctx)
+	if c.attempt(ctx, ok, 0) {
 		return
 	}
-	err = d.store.Complete(context.WithoutCancel(ctx), id, res.Token, d.ttl)
-	switch {
-	case errors.Is(err, ErrClaimLost):
-		v.logDedupe(r, slog.LevelError, "falwebhook: the handler outlived its dedupe lease and the delivery was claimed again; it may have run twice (raise the lease)", id, err)
-	case err != nil:
-		v.logDedupe(r, slog.LevelError, "falwebhook: could not mark the delivery completed; a retry after the lease runs out will run the handler again", id, fmt.Errorf("%w: complete: %w", errDedupeStore, err))
-	case v.mw.logger != nil:
-		if took := v.now().Sub(start); took > d.lease {
-			v.logDedupe(r, slog.LevelWarn, "falwebhook: the handler outlived its dedupe lease ("+took.String()+" > "+d.lease.String()+"); raise the lease", id, nil)
+	c.d.bookkeeping.Add(1)
+	go func() {
+		defer c.d.bookkeeping.Done()
+		backoff := 50 * time.Millisecond
+		for n := 1; ; n++ {
+			left := c.deadline.Sub(c.d.now())
+			if left <= 0 {
+				c.gaveUp(ok, n)
+				return
+			}
+			if err := c.d.wait(ctx, min(backoff, left)); err != nil {
+				c.gaveUp(ok, n)
+				return
+			}
+			backoff = min(2*backoff, 2*time.Second)
+			if c.attempt(ctx, ok, n) {
+				return
+			}
 		}
-	}
+	}()
 }
 
-// releaseClaim releases the claim after a failed run and logs why.
-func (v *Verifier) releaseClaim(r *http.Request, d *dedupeConfig, id, token, why string) {
-	err := d.store.Release(context.WithoutCancel(r.Context()), id, token)
+// attempt runs Complete or Release once and logs what happened. It reports
+// whether the bookkeeping is over (done, or impossible).
+func (c *claim) attempt(ctx context.Context, ok bool, retry int) (over bool) {
+	var err error
+	op := "release"
+	if ok {
+		op = "complete"
+		err = c.d.store.Complete(ctx, c.id, c.token, c.d.ttl())
+	} else {
+		err = c.d.store.Release(ctx, c.id, c.token)
+	}
+	after := ""
+	if retry > 0 {
+		after = " after " + strconv.Itoa(retry) + " retries"
+	}
 	switch {
+	case err == nil && ok:
+		if retry > 0 {
+			c.log.log(slog.LevelInfo, "falwebhook: marked the delivery completed"+after, nil)
+		}
+		return true
+	case err == nil:
+		c.log.log(slog.LevelInfo, "falwebhook: released the delivery ("+c.outcome+")"+after+"; fal's next retry runs it", nil)
+		return true
 	case errors.Is(err, ErrClaimLost):
-		v.logDedupe(r, slog.LevelError, "falwebhook: released after "+why+", but the handler outlived its dedupe lease (raise the lease)", id, err)
-	case err != nil:
-		v.logDedupe(r, slog.LevelError, "falwebhook: could not release the delivery after "+why+"; retries get 409 until the lease runs out", id, fmt.Errorf("%w: release: %w", errDedupeStore, err))
-	default:
-		v.logDedupe(r, slog.LevelInfo, "falwebhook: released the delivery after "+why+"; fal's next retry runs it", id, nil)
+		c.log.log(slog.LevelError, "falwebhook: could not "+op+" the delivery ("+c.outcome+"): the handler outlived its dedupe lease and the delivery was claimed again; it may have run twice (raise Dedupe.Lease)", err)
+		return true
+	}
+	if retry == 0 {
+		c.log.log(slog.LevelWarn, "falwebhook: could not "+op+" the delivery ("+c.outcome+"); retrying in the background", fmt.Errorf("%w: %s: %w", ErrDedupeStore, op, err))
+	}
+	return false
+}
+
+func (c *claim) gaveUp(ok bool, attempts int) {
+	msg := "falwebhook: gave up releasing the delivery after " + strconv.Itoa(attempts) + " attempts; fal's retries get 409 until the lease runs out"
+	if ok {
+		msg = "falwebhook: gave up marking the delivery completed after " + strconv.Itoa(attempts) + " attempts; a retry after the lease runs out will run the handler again"
+	}
+	c.log.log(slog.LevelError, msg, nil)
+}
+
+// sleepCtx waits for d or until ctx is done.
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 
-// logDedupe logs one event of the dedupe layer when a logger is set.
-func (v *Verifier) logDedupe(r *http.Request, level slog.Level, msg, id string, err error) {
-	l := v.mw.logger
-	if l == nil || !l.Enabled(r.Context(), level) {
+// dedupeLog logs the dedupe layer's events about one request id.
+type dedupeLog struct {
+	l   *slog.Logger
+	ctx context.Context
+	id  string
+}
+
+func (g dedupeLog) log(level slog.Level, msg string, err error) {
+	if g.l == nil || !g.l.Enabled(g.ctx, level) {
 		return
 	}
-	attrs := []slog.Attr{slog.String("request_id", id)}
+	attrs := []slog.Attr{slog.String("request_id", g.id)}
 	if err != nil {
 		attrs = append(attrs, slog.String("err", err.Error()))
 	}
-	l.LogAttrs(r.Context(), level, msg, attrs...)
+	g.l.LogAttrs(g.ctx, level, msg, attrs...)
 }
 
 // statusWriter records the final status the handler writes. It keeps
@@ -363,224 +529,11 @@ func (w *statusWriter) Flush() {
 // Unwrap returns the underlying writer, for http.ResponseController.
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
-// MemoryStore is a DedupeStore in process memory, for a single replica.
-// It is bounded: it holds at most its maximum number of request ids
-// (DefaultMemoryStoreMaxEntries unless WithMemoryMaxEntries), and when full
-// it drops an expired claim or else the oldest completed record. It never
-// evicts a live claim, since that would let a retry run the handler while
-// it still runs: when every entry is a live claim, Claim fails with
-// ErrStoreFull and the middleware answers 503 (fal retries). Records expire
-// lazily, on lookup or eviction; a few expired ones are dropped on each
-// Claim.
-//
-// Evicting a completed record before its TTL means a later retry of that
-// delivery runs the handler again; size the store for the deliveries of a
-// TTL (100,000 fits a sustained rate of about one a second for 24 hours).
-// Tokens are unique within the store.
-//
-// A MemoryStore is safe for concurrent use by multiple goroutines.
-type MemoryStore struct {
-	now func() time.Time
-	max int
-
-	mu      sync.Mutex // guards the fields below
-	entries map[string]*memEntry
-	claims  memList // live or expired claims, in claim order
-	done    memList // completed records, in completion order
-	seq     uint64  // the last token issued
-}
-
-// memEntry is a record of a MemoryStore, on one of its lists.
-type memEntry struct {
-	id         string
-	token      string // the claim's token; empty when done
-	done       bool
-	expires    time.Time
-	prev, next *memEntry
-}
-
-// memList is a doubly linked list of entries, oldest first.
-type memList struct{ head, tail *memEntry }
-
-func (l *memList) pushBack(e *memEntry) {
-	e.prev, e.next = l.tail, nil
-	if l.tail != nil {
-		l.tail.next = e
-	} else {
-		l.head = e
+// status is the handler's status: 200 when it wrote nothing, as net/http
+// answers then.
+func (w *statusWriter) status() int {
+	if w.code == 0 {
+		return http.StatusOK
 	}
-	l.tail = e
-}
-
-func (l *memList) remove(e *memEntry) {
-	if e.prev != nil {
-		e.prev.next = e.next
-	} else {
-		l.head = e.next
-	}
-	if e.next != nil {
-		e.next.prev = e.prev
-	} else {
-		l.tail = e.prev
-	}
-	e.prev, e.next = nil, nil
-}
-
-// A MemoryStoreOption configures NewMemoryStore.
-type MemoryStoreOption func(*MemoryStore)
-
-// WithMemoryMaxEntries sets how many request ids the store holds at most
-// (default DefaultMemoryStoreMaxEntries, 100,000). Zero or less restores the
-// default.
-func WithMemoryMaxEntries(n int) MemoryStoreOption {
-	return func(s *MemoryStore) { s.max = n }
-}
-
-// WithMemoryClock sets the function the store reads the current time from
-// (default time.Now), for tests.
-func WithMemoryClock(now func() time.Time) MemoryStoreOption {
-	return func(s *MemoryStore) { s.now = now }
-}
-
-// NewMemoryStore returns an empty MemoryStore configured by opts.
-func NewMemoryStore(opts ...MemoryStoreOption) *MemoryStore {
-	s := &MemoryStore{now: time.Now, max: DefaultMemoryStoreMaxEntries}
-	for _, opt := range opts {
-		if opt != nil {
-			opt(s)
-		}
-	}
-	if s.max <= 0 {
-		s.max = DefaultMemoryStoreMaxEntries
-	}
-	if s.now == nil {
-		s.now = time.Now
-	}
-	s.entries = make(map[string]*memEntry)
-	return s
-}
-
-// Len returns the number of records held, including expired ones not yet
-// dropped.
-func (s *MemoryStore) Len() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.entries)
-}
-
-// Claim implements DedupeStore. It fails with ErrStoreFull when the store
-// is full of live claims, and with ctx's error when ctx is done.
-func (s *MemoryStore) Claim(ctx context.Context, requestID string, lease time.Duration) (ClaimResult, error) {
-	if err := ctx.Err(); err != nil {
-		return ClaimResult{}, err
-	}
-	now := s.now()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if e := s.entries[requestID]; e != nil {
-		if now.Before(e.expires) {
-			if e.done {
-				return ClaimResult{State: ClaimCompleted}, nil
-			}
-			return ClaimResult{State: ClaimInProgress}, nil
-		}
-		s.drop(e)
-	}
-	s.sweep(now)
-	if len(s.entries) >= s.max && !s.evict(now) {
-		return ClaimResult{}, fmt.Errorf("%w: %d live claims", ErrStoreFull, len(s.entries))
-	}
-	s.seq++
-	e := &memEntry{id: requestID, token: strconv.FormatUint(s.seq, 10), expires: now.Add(lease)}
-	s.entries[requestID] = e
-	s.claims.pushBack(e)
-	return ClaimResult{State: ClaimAcquired, Token: e.token}, nil
-}
-
-// Complete implements DedupeStore. Recording a request id that has no
-// record fails with ErrStoreFull when the store is full of live claims.
-func (s *MemoryStore) Complete(ctx context.Context, requestID, token string, ttl time.Duration) error {
-	now := s.now()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	e := s.entries[requestID]
-	if e != nil && now.Before(e.expires) && (e.done || e.token != token) {
-		if e.done {
-			return fmt.Errorf("%w: request %s was completed by another claim", ErrClaimLost, requestID)
-		}
-		return fmt.Errorf("%w: request %s is held by another claim", ErrClaimLost, requestID)
-	}
-	switch {
-	case e != nil && !e.done:
-		s.claims.remove(e) // reused below: no allocation on the hot path
-	case e != nil:
-		s.done.remove(e)
-	case len(s.entries) >= s.max && !s.evict(now):
-		return fmt.Errorf("%w: %d live claims", ErrStoreFull, len(s.entries))
-	default:
-		e = &memEntry{id: requestID}
-		s.entries[requestID] = e
-	}
-	e.token, e.done, e.expires = "", true, now.Add(ttl)
-	s.done.pushBack(e)
-	return nil
-}
-
-// Release implements DedupeStore.
-func (s *MemoryStore) Release(ctx context.Context, requestID, token string) error {
-	now := s.now()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	e := s.entries[requestID]
-	switch {
-	case e == nil:
-		return nil
-	case !now.Before(e.expires):
-		s.drop(e)
-		return nil
-	case e.done:
-		return fmt.Errorf("%w: request %s was completed by another claim", ErrClaimLost, requestID)
-	case e.token != token:
-		return fmt.Errorf("%w: request %s is held by another claim", ErrClaimLost, requestID)
-	}
-	s.drop(e)
-	return nil
-}
-
-// drop removes e from the store. s.mu must be held.
-func (s *MemoryStore) drop(e *memEntry) {
-	if e.done {
-		s.done.remove(e)
-	} else {
-		s.claims.remove(e)
-	}
-	delete(s.entries, e.id)
-}
-
-// sweep drops a few expired records from the heads of the lists, so that
-// the store shrinks when traffic drops. s.mu must be held.
-func (s *MemoryStore) sweep(now time.Time) {
-	for range 2 {
-		if e := s.claims.head; e != nil && !now.Before(e.expires) {
-			s.drop(e)
-		}
-		if e := s.done.head; e != nil && !now.Before(e.expires) {
-			s.drop(e)
-		}
-	}
-}
-
-// evict makes room for one record by dropping the oldest claim if it has
-// expired, or else the oldest completed record. It reports whether it
-// dropped one. s.mu must be held.
-func (s *MemoryStore) evict(now time.Time) bool {
-	if e := s.claims.head; e != nil && !now.Before(e.expires) {
-		s.drop(e)
-		return true
-	}
-	if e := s.done.head; e != nil {
-		s.drop(e)
-		return true
-	}
-	return false
+	return w.code
 }

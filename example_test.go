@@ -18,12 +18,13 @@ import (
 // fix the verifier's clock so that their output never changes. Real code
 // needs neither: NewVerifier() fetches fal's keys and reads time.Now.
 
-// Verifying in a handler of your own with Verify.
+// Verifying in a handler of your own with Verify, as with a router that
+// hands out the raw body.
 func Example() {
 	fal := faltest.SignerFromName("example") // stands in for fal.ai
 	now := time.Date(2026, 1, 15, 12, 0, 0, 0, time.UTC)
 	v := falwebhook.NewVerifier(
-		falwebhook.WithKeys(fal.PublicKey()), // omit to use fal's published keys
+		falwebhook.WithKeys(falwebhook.StaticKeys(fal.PublicKey())), // omit to use fal's published keys
 		falwebhook.WithClock(func() time.Time { return now }),
 	)
 
@@ -33,13 +34,9 @@ func Example() {
 			http.Error(w, "cannot read body", http.StatusBadRequest)
 			return
 		}
-		if err := v.Verify(r.Context(), r.Header, body); err != nil {
-			http.Error(w, "invalid webhook", falwebhook.StatusCode(err))
-			return
-		}
-		ev, err := falwebhook.ParseEvent(body)
+		ev, err := v.Verify(r.Context(), r.Header, body)
 		if err != nil {
-			http.Error(w, "invalid webhook", falwebhook.StatusCode(err))
+			falwebhook.WriteError(w, err) // 400, 401 or 503, with Retry-After
 			return
 		}
 		fmt.Println("verified", ev.RequestID, ev.Status)
@@ -56,7 +53,7 @@ func ExampleVerifier_Middleware() {
 	fal := faltest.SignerFromName("example") // stands in for fal.ai
 	now := time.Date(2026, 1, 15, 12, 0, 0, 0, time.UTC)
 	v := falwebhook.NewVerifier(
-		falwebhook.WithKeys(fal.PublicKey()),
+		falwebhook.WithKeys(falwebhook.StaticKeys(fal.PublicKey())),
 		falwebhook.WithClock(func() time.Time { return now }),
 	)
 
@@ -126,7 +123,7 @@ func ExampleStatusCode() {
 	fal := faltest.SignerFromName("example") // stands in for fal.ai
 	now := time.Date(2026, 1, 15, 12, 0, 0, 0, time.UTC)
 	clock := falwebhook.WithClock(func() time.Time { return now })
-	v := falwebhook.NewVerifier(falwebhook.WithKeys(fal.PublicKey()), clock)
+	v := falwebhook.NewVerifier(falwebhook.WithKeys(falwebhook.StaticKeys(fal.PublicKey())), clock)
 	ctx := context.Background()
 
 	body := faltest.OKBody("req-1", nil)
@@ -141,7 +138,7 @@ func ExampleStatusCode() {
 	keys := faltest.NewKeyServer(fal)
 	defer keys.Close()
 	keys.FailNext(1, http.StatusInternalServerError)
-	noKeys := falwebhook.NewVerifier(falwebhook.WithJWKSURL(keys.URL), falwebhook.WithHTTPClient(keys.Client()), clock)
+	noKeys := falwebhook.NewVerifier(falwebhook.WithKeys(&falwebhook.JWKS{URL: keys.URL}), clock)
 
 	report := func(what string, err error) {
 		var reason string
@@ -153,17 +150,21 @@ func ExampleStatusCode() {
 		case errors.Is(err, falwebhook.ErrTimestampOutOfRange):
 			var te *falwebhook.TimestampError
 			errors.As(err, &te)
-			reason = fmt.Sprintf("replayed or delayed (skew %ds)", te.Skew())
+			reason = fmt.Sprintf("replayed or delayed (skew %ds)", te.Skew)
 		case errors.Is(err, falwebhook.ErrMissingHeader):
 			reason = "not a fal delivery"
 		}
 		fmt.Printf("%-17s %d %s\n", what+":", falwebhook.StatusCode(err), reason)
 	}
 	tampered := bytes.Replace(body, []byte(`"OK"`), []byte(`"ERROR"`), 1)
-	report("tampered body", v.Verify(ctx, signed, tampered))
-	report("stale timestamp", v.Verify(ctx, stale, body))
-	report("missing header", v.Verify(ctx, unsigned, body))
-	report("keys unavailable", noKeys.Verify(ctx, signed, body))
+	verify := func(v *falwebhook.Verifier, h http.Header, body []byte) error {
+		_, err := v.Verify(ctx, h, body)
+		return err
+	}
+	report("tampered body", verify(v, signed, tampered))
+	report("stale timestamp", verify(v, stale, body))
+	report("missing header", verify(v, unsigned, body))
+	report("keys unavailable", verify(noKeys, signed, body))
 	// Output:
 	// tampered body:    401 forged or altered
 	// stale timestamp:  401 replayed or delayed (skew -600s)
@@ -171,30 +172,55 @@ func ExampleStatusCode() {
 	// keys unavailable: 503 cannot verify now, fal will retry
 }
 
-// Verifying with header values held as strings, as with fasthttp, where each
-// would be string(ctx.Request.Header.Peek(name)).
-func ExampleVerifier_VerifyHeaders() {
+// Running a handler once per request id, turning fal's at-least-once
+// delivery into exactly-once processing. Here in memory; use the Redis store
+// (module github.com/falwebhook/falwebhook/redisdedupe) across replicas.
+func ExampleWithDedupe() {
 	fal := faltest.SignerFromName("example") // stands in for fal.ai
 	now := time.Date(2026, 1, 15, 12, 0, 0, 0, time.UTC)
 	v := falwebhook.NewVerifier(
-		falwebhook.WithKeys(fal.PublicKey()),
+		falwebhook.WithKeys(falwebhook.StaticKeys(fal.PublicKey())),
 		falwebhook.WithClock(func() time.Time { return now }),
+		falwebhook.WithDedupe(&falwebhook.Dedupe{}),
 	)
+	h := v.Handler(func(w http.ResponseWriter, r *http.Request, ev *falwebhook.Event) {
+		fmt.Println("processing", ev.RequestID)
+	})
 
-	body := faltest.OKBody("req-1", map[string]any{"seed": 42})
-	sent := fal.Sign(faltest.Delivery{Time: now, Body: body}) // what fal sends
-
-	hs := falwebhook.Headers{
-		RequestID: sent.RequestID, // Peek(falwebhook.HeaderRequestID)
-		UserID:    sent.UserID,    // Peek(falwebhook.HeaderUserID)
-		Timestamp: sent.Timestamp, // Peek(falwebhook.HeaderTimestamp)
-		Signature: sent.Signature, // Peek(falwebhook.HeaderSignature)
+	body := faltest.OKBody("req-1", nil)
+	for range 2 { // fal retries: the same request, freshly signed
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, fal.NewRequest("/fal/webhook", faltest.Delivery{Time: now, Body: body}))
+		fmt.Printf("%d %s=%q\n", rec.Code, falwebhook.HeaderDuplicate, rec.Header().Get(falwebhook.HeaderDuplicate))
 	}
-	fmt.Println("genuine:", v.VerifyHeaders(context.Background(), hs, body))
-
-	hs.UserID = "someone-else"
-	fmt.Println("altered:", v.VerifyHeaders(context.Background(), hs, body))
 	// Output:
-	// genuine: <nil>
-	// altered: falwebhook: signature mismatch: none of 1 keys verified
+	// processing req-1
+	// 200 Falwebhook-Duplicate=""
+	// 200 Falwebhook-Duplicate="completed"
+}
+
+// The function form of dedupe, for code that answers fal itself: a gin,
+// echo or fiber handler, or AWS Lambda.
+func ExampleDedupe_Do() {
+	d := &falwebhook.Dedupe{} // in memory
+	process := func(ctx context.Context) error {
+		fmt.Println("processing")
+		return nil
+	}
+	for range 2 {
+		// ev.RequestID of a verified event (Verify or VerifyRequest).
+		state, err := d.Do(context.Background(), "req-1", process)
+		switch {
+		case err != nil:
+			fmt.Println("answer", falwebhook.StatusCode(err)) // 503 when the store failed
+		case state == falwebhook.ClaimInProgress:
+			fmt.Println("answer 409") // fal retries later
+		default:
+			fmt.Println("answer 200, ran:", state == falwebhook.ClaimAcquired)
+		}
+	}
+	// Output:
+	// processing
+	// answer 200, ran: true
+	// answer 200, ran: false
 }

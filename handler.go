@@ -9,12 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"strconv"
 )
-
-// DefaultMaxBodySize is the largest delivery body the middleware and
-// VerifyRequest accept, in bytes (25 MiB).
-const DefaultMaxBodySize = 25 << 20
 
 // Errors of the HTTP layer, in addition to those of Verify.
 var (
@@ -31,48 +26,28 @@ var (
 	ErrReadBody = errors.New("falwebhook: reading body")
 )
 
-type middlewareConfig struct {
-	maxBody    int64
-	logger     *slog.Logger
-	onError    func(http.ResponseWriter, *http.Request, error)
-	retryAfter int // seconds, sent with 503
-	dedupe     *dedupeConfig
-}
-
-func defaultMiddlewareConfig() middlewareConfig {
-	return middlewareConfig{maxBody: DefaultMaxBodySize, retryAfter: 60}
-}
+const (
+	defaultMaxBodySize = 25 << 20
+	retryAfterSeconds  = "60" // sent with 503 and 409
+)
 
 // WithMaxBodySize sets the largest body, in bytes, that the middleware and
-// VerifyRequest read (default DefaultMaxBodySize, 25 MiB). A larger body is
-// rejected with 413 after reading at most n+1 bytes. Zero or less restores
-// the default.
+// VerifyRequest read (default 25 MiB). A larger body is rejected with 413
+// after reading at most n+1 bytes.
 func WithMaxBodySize(n int64) Option {
-	return func(v *Verifier) {
-		if n <= 0 {
-			n = DefaultMaxBodySize
-		}
-		v.mw.maxBody = min(n, maxInt64-1) // room for the +1 that detects overflow
-	}
+	return func(v *Verifier) { v.maxBody = min(max(n, 0), 1<<62) }
 }
 
-// WithLogger makes the middleware log each rejected request, with the
-// precise reason, to l: keys unavailable at Error level, everything else at
-// Warn. The response itself never carries the reason.
-func WithLogger(l *slog.Logger) Option {
-	return func(v *Verifier) { v.mw.logger = l }
-}
-
-// WithErrorHandler replaces the middleware's response to a rejected request.
-// f receives the error (match it with errors.Is, or map it with StatusCode)
-// and must write the whole response. The wrapped handler is never called for
-// a rejected request, whatever f does.
+// WithErrorHandler replaces the middleware's response to a rejected request
+// (default WriteError). f receives the error (match it with errors.Is, or
+// map it with StatusCode) and must write the whole response. The wrapped
+// handler is never called for a rejected request, whatever f does.
 func WithErrorHandler(f func(w http.ResponseWriter, r *http.Request, err error)) Option {
-	return func(v *Verifier) { v.mw.onError = f }
+	return func(v *Verifier) { v.onError = f }
 }
 
 // StatusCode returns the HTTP status a webhook receiver should answer for an
-// error from Verify, VerifyRequest or ParseEvent:
+// error from Verify, VerifyRequest, ParseEvent or Dedupe.Do:
 //
 //	nil                                            200 OK
 //	ErrMethodNotAllowed                            405 Method Not Allowed
@@ -80,16 +55,18 @@ func WithErrorHandler(f func(w http.ResponseWriter, r *http.Request, err error))
 //	ErrMissingHeader, ErrMalformedHeader,
 //	ErrInvalidEvent, ErrReadBody                   400 Bad Request
 //	ErrTimestampOutOfRange, ErrSignatureMismatch   401 Unauthorized
-//	ErrKeysUnavailable, ErrNoUsableKeys            503 Service Unavailable
+//	ErrKeysUnavailable, ErrNoUsableKeys,
+//	ErrDedupeStore                                 503 Service Unavailable
 //	anything else                                  500 Internal Server Error
 //
 // 503 asks fal to retry later: the delivery may be genuine but cannot be
-// checked now.
+// checked now. A 503 caused by keys wins over a 401: a signature the cached
+// keys do not verify, when refetching them failed, is a 503.
 func StatusCode(err error) int {
 	switch {
 	case err == nil:
 		return http.StatusOK
-	case errors.Is(err, ErrKeysUnavailable), errors.Is(err, ErrNoUsableKeys):
+	case errors.Is(err, ErrKeysUnavailable), errors.Is(err, ErrNoUsableKeys), errors.Is(err, ErrDedupeStore):
 		return http.StatusServiceUnavailable
 	case errors.Is(err, ErrMethodNotAllowed):
 		return http.StatusMethodNotAllowed
@@ -105,67 +82,111 @@ func StatusCode(err error) int {
 	}
 }
 
-// contextKey is a pointer so that no other package can forge a verified
+// WriteError writes the default response to a rejected request: the status
+// given by StatusCode(err) with its standard text, plus Allow: POST on 405,
+// Retry-After on 503, and Connection: close on 413 so that the rest of an
+// oversized body is not read. It never reveals the error's detail. A
+// handler set by WithErrorHandler can fall back on it, and routers other
+// than net/http can use it through their http.ResponseWriter.
+func WriteError(w http.ResponseWriter, err error) {
+	writeStatus(w, StatusCode(err))
+}
+
+// writeStatus writes a short, generic response for code.
+func writeStatus(w http.ResponseWriter, code int) {
+	switch code {
+	case http.StatusMethodNotAllowed:
+		w.Header().Set("Allow", http.MethodPost)
+	case http.StatusServiceUnavailable, http.StatusConflict:
+		w.Header().Set("Retry-After", retryAfterSeconds)
+	case http.StatusRequestEntityTooLarge:
+		w.Header().Set("Connection", "close")
+	}
+	http.Error(w, http.StatusText(code), code)
+}
+
+// contextKey is a pointer so that no other package can plant a verified
 // event in a context.
 type contextKey struct{ name string }
 
 var eventKey = &contextKey{"falwebhook event"}
 
-// EventFromContext returns the verified event the middleware stored in ctx,
-// and whether there was one.
-func EventFromContext(ctx context.Context) (*Event, bool) {
-	ev, ok := ctx.Value(eventKey).(*Event)
-	return ev, ok && ev != nil
+// verified is what the middleware stores in a request's context.
+type verified struct {
+	ev        *Event
+	requestID string // the signed X-Fal-Webhook-Request-Id, which dedupe keys on
 }
 
-// NewContext returns a copy of ctx carrying ev, as the middleware does. It is
-// meant for testing handlers that call EventFromContext.
-func NewContext(ctx context.Context, ev *Event) context.Context {
-	return context.WithValue(ctx, eventKey, ev)
+// EventFromContext returns the verified event the middleware stored in ctx,
+// and whether there was one. Only this package's middleware stores events:
+// no other code can make a context that passes for verified.
+func EventFromContext(ctx context.Context) (*Event, bool) {
+	vd, ok := ctx.Value(eventKey).(*verified)
+	if !ok || vd.ev == nil {
+		return nil, false
+	}
+	return vd.ev, true
+}
+
+// verifiedRequestID returns the request id header of the verified delivery
+// in ctx, and whether there was one.
+func verifiedRequestID(ctx context.Context) (string, bool) {
+	vd, ok := ctx.Value(eventKey).(*verified)
+	if !ok || vd.ev == nil {
+		return "", false
+	}
+	return vd.requestID, true
+}
+
+func newContext(ctx context.Context, ev *Event, requestID string) context.Context {
+	return context.WithValue(ctx, eventKey, &verified{ev: ev, requestID: requestID})
 }
 
 // VerifyRequest reads r's body, at most the configured limit, verifies it
 // as a fal delivery with the request's headers, parses the event, and
 // replaces r.Body with a fresh reader over the same bytes, so the caller can
-// read the body again. It is for routers that do not use net/http
-// middleware; r.Context() bounds any wait for keys.
+// read the body again. It is for routers that hand out the *http.Request but
+// do not use net/http middleware; r.Context() bounds any wait for keys. Do
+// not read or bind the body before calling it.
 //
 // The method must be POST. The headers are checked before the body is read,
 // so junk costs neither a body read nor a key lookup. Errors match the
 // sentinels listed at StatusCode. The event's Payload shares memory with the
 // body bytes r.Body now reads: do not modify it.
 func (v *Verifier) VerifyRequest(r *http.Request) (*Event, error) {
+	start := v.startTimer()
 	ev, _, err := v.verifyRequest(r)
+	v.observe(r.Context(), r.Header, start, outcome(err), err, StatusCode(err))
 	return ev, err
 }
 
-// verifyRequest is VerifyRequest, also returning the verified headers.
-func (v *Verifier) verifyRequest(r *http.Request) (*Event, Headers, error) {
+// verifyRequest is VerifyRequest without the observation, also returning
+// the request id header.
+func (v *Verifier) verifyRequest(r *http.Request) (*Event, string, error) {
 	if r.Method != http.MethodPost {
-		return nil, Headers{}, fmt.Errorf("%w: %s", ErrMethodNotAllowed, r.Method)
+		return nil, "", fmt.Errorf("%w: %s", ErrMethodNotAllowed, r.Method)
 	}
-	hs, err := ParseHeaders(r.Header)
+	hs, err := v.checkHeaders(r.Header)
 	if err != nil {
-		return nil, hs, err
+		return nil, "", err
 	}
-	sig, err := v.check(hs)
+	body, sum, err := readBody(r, v.maxBody)
 	if err != nil {
-		return nil, hs, err
-	}
-	body, sum, err := readBody(r, v.mw.maxBody)
-	if err != nil {
-		return nil, hs, err
+		return nil, "", err
 	}
 	r.Body = io.NopCloser(bytes.NewReader(body))
 	r.ContentLength = int64(len(body))
 	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
-	if err := v.verifyDigest(r.Context(), hs, &sig, &sum); err != nil {
-		return nil, hs, err
+	if err := v.verifySignature(r.Context(), &hs, &sum); err != nil {
+		if len(body) == 0 && errors.Is(err, ErrSignatureMismatch) {
+			err = fmt.Errorf("%w (the body was empty: was it read before verification?)", err)
+		}
+		return nil, "", err
 	}
 	// body is ours and never written again (the fresh r.Body only reads
 	// it), so the event's Payload may share it instead of copying.
 	ev, err := parseEvent(body, false)
-	return ev, hs, err
+	return ev, hs.RequestID, err
 }
 
 // readBody reads r's body, hashing it on the way, failing with
@@ -215,37 +236,51 @@ func readBody(r *http.Request, limit int64) ([]byte, [sha256.Size]byte, error) {
 }
 
 // Middleware returns a handler that passes only genuine fal deliveries to
-// next. It fits func(http.Handler) http.Handler, e.g. chi's r.Use.
+// next. It fits func(http.Handler) http.Handler. It answers every method
+// but POST with 405, so mount it on the webhook's route only (with chi:
+// r.With(v.Middleware).Post(...), not r.Use).
 //
 // For each request it reads the body (bounded by WithMaxBodySize), verifies
 // it, parses the event and calls next with the event in the request context
 // (see EventFromContext) and a fresh body holding the same bytes. A request
 // that is not POST, too large, forged, malformed, or not a fal event never
-// reaches next: the middleware answers with the status given by StatusCode
-// (with Allow: POST on 405 and Retry-After on 503) and a short generic text,
-// or calls the handler set by WithErrorHandler.
+// reaches next: the middleware answers as WriteError does, or calls the
+// handler set by WithErrorHandler. With WithDedupe, next runs once per
+// request id.
 func (v *Verifier) Middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ev, hs, err := v.verifyRequest(r)
+		start := v.startTimer()
+		ev, id, err := v.verifyRequest(r)
 		if err != nil {
+			v.observe(r.Context(), r.Header, start, outcome(err), err, StatusCode(err))
 			v.reject(w, r, err)
 			return
 		}
-		r = r.WithContext(NewContext(r.Context(), ev))
-		if v.mw.dedupe != nil {
-			v.serveDedupe(w, r, hs.RequestID, next)
+		r = r.WithContext(newContext(r.Context(), ev, id))
+		if v.dedupe == nil {
+			v.observe(r.Context(), r.Header, start, "accepted", nil, 0)
+			next.ServeHTTP(w, r)
 			return
 		}
-		next.ServeHTTP(w, r)
+		claimed := func(state ClaimState, err error) {
+			switch {
+			case state == ClaimCompleted:
+				v.observe(r.Context(), r.Header, start, "duplicate", nil, http.StatusOK)
+			case state == ClaimInProgress:
+				v.observe(r.Context(), r.Header, start, "in_progress", nil, http.StatusConflict)
+			case err != nil && state == 0:
+				v.observe(r.Context(), r.Header, start, "store_error", err, StatusCode(err))
+			default:
+				v.observe(r.Context(), r.Header, start, "accepted", nil, 0)
+			}
+		}
+		v.dedupe.serve(w, r, id, next, v.logger, claimed)
 	})
 }
 
-// An EventHandlerFunc handles one verified delivery.
-type EventHandlerFunc func(w http.ResponseWriter, r *http.Request, ev *Event)
-
 // Handler returns the middleware around f, which receives the verified event
 // directly.
-func (v *Verifier) Handler(f EventHandlerFunc) http.Handler {
+func (v *Verifier) Handler(f func(w http.ResponseWriter, r *http.Request, ev *Event)) http.Handler {
 	return v.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ev, _ := EventFromContext(r.Context())
 		f(w, r, ev)
@@ -255,7 +290,7 @@ func (v *Verifier) Handler(f EventHandlerFunc) http.Handler {
 // reject answers a request that failed verification.
 func (v *Verifier) reject(w http.ResponseWriter, r *http.Request, err error) {
 	code := StatusCode(err)
-	if l := v.mw.logger; l != nil {
+	if l := v.logger; l != nil {
 		level := slog.LevelWarn
 		if code >= 500 {
 			level = slog.LevelError
@@ -266,34 +301,15 @@ func (v *Verifier) reject(w http.ResponseWriter, r *http.Request, err error) {
 			slog.String("request_id", firstRequestID(r.Header)),
 			slog.String("remote", r.RemoteAddr))
 	}
-	if code == http.StatusRequestEntityTooLarge {
-		// Do not let the server drain the rest of an oversized body.
-		w.Header().Set("Connection", "close")
-	}
-	if v.mw.onError != nil {
-		v.mw.onError(w, r, err)
+	if v.onError != nil {
+		if code == http.StatusRequestEntityTooLarge {
+			// Do not let the server drain the rest of an oversized body.
+			w.Header().Set("Connection", "close")
+		}
+		v.onError(w, r, err)
 		return
 	}
-	writeStatus(w, code, v.mw.retryAfter)
-}
-
-// WriteError writes the middleware's default response to a rejected
-// request: the status given by StatusCode(err) with its standard text, plus
-// Allow: POST on 405 and Retry-After on 503. It never reveals the error's
-// detail. A handler set by WithErrorHandler can fall back on it.
-func WriteError(w http.ResponseWriter, err error) {
-	writeStatus(w, StatusCode(err), defaultMiddlewareConfig().retryAfter)
-}
-
-// writeStatus writes a short, generic response for code.
-func writeStatus(w http.ResponseWriter, code, retryAfter int) {
-	switch code {
-	case http.StatusMethodNotAllowed:
-		w.Header().Set("Allow", http.MethodPost)
-	case http.StatusServiceUnavailable, http.StatusConflict:
-		w.Header().Set("Retry-After", strconv.Itoa(retryAfter))
-	}
-	http.Error(w, http.StatusText(code), code)
+	writeStatus(w, code)
 }
 
 // firstRequestID returns the first X-Fal-Webhook-Request-Id value in h,

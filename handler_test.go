@@ -3,7 +3,6 @@ package falwebhook
 import (
 	"bytes"
 	"context"
-	"crypto/ed25519"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -44,7 +43,7 @@ func mwClock() time.Time { return mwNow }
 // newMWVerifier returns a Verifier that trusts mwSigner and reads mwNow, with
 // opts applied after those.
 func newMWVerifier(opts ...Option) *Verifier {
-	return NewVerifier(append([]Option{WithKeys(mwSigner.PublicKey()), WithClock(mwClock)}, opts...)...)
+	return NewVerifier(append([]Option{WithKeys(StaticKeys(mwSigner.PublicKey())), WithClock(mwClock)}, opts...)...)
 }
 
 // mwSigned returns a POST of body signed by s at time at.
@@ -98,9 +97,9 @@ func (mwEndless) Read(p []byte) (int, error) {
 }
 
 // mwKeySource adapts a function to KeySource.
-type mwKeySource func(context.Context) ([]ed25519.PublicKey, error)
+type mwKeySource func(context.Context) error
 
-func (f mwKeySource) PublicKeys(ctx context.Context) ([]ed25519.PublicKey, error) { return f(ctx) }
+func (f mwKeySource) VerifySignature(ctx context.Context, msg, sig []byte) error { return f(ctx) }
 
 // mwNext is the handler behind the middleware in these tests. It counts its
 // calls and keeps what the last call saw.
@@ -258,13 +257,13 @@ func mwCases() []mwCase {
 		{name: "signature of zeros", req: setRaw(HeaderSignature, strings.Repeat("0", 128)), want: 401, wantErr: ErrSignatureMismatch},
 
 		// 503
-		{name: "keys unavailable", opts: []Option{WithKeySource(mwKeySource(func(context.Context) ([]ed25519.PublicKey, error) {
-			return nil, fmt.Errorf("%w: key server down", ErrKeysUnavailable)
+		{name: "keys unavailable", opts: []Option{WithKeys(mwKeySource(func(context.Context) error {
+			return fmt.Errorf("%w: key server down", ErrKeysUnavailable)
 		}))}, req: func() *http.Request { return mwGenuine(mwBody) }, want: 503, wantErr: ErrKeysUnavailable},
-		{name: "key source failing with a plain error", opts: []Option{WithKeySource(mwKeySource(func(context.Context) ([]ed25519.PublicKey, error) {
-			return nil, errors.New("disk on fire")
+		{name: "key source failing with a plain error", opts: []Option{WithKeys(mwKeySource(func(context.Context) error {
+			return errors.New("disk on fire")
 		}))}, req: func() *http.Request { return mwGenuine(mwBody) }, want: 503, wantErr: ErrKeysUnavailable},
-		{name: "no usable keys", opts: []Option{WithKeys()}, req: func() *http.Request { return mwGenuine(mwBody) }, want: 503, wantErr: ErrNoUsableKeys},
+		{name: "no usable keys", opts: []Option{WithKeys(StaticKeys())}, req: func() *http.Request { return mwGenuine(mwBody) }, want: 503, wantErr: ErrNoUsableKeys},
 	}
 	for _, name := range headerNames {
 		cases = append(cases, mwCase{
@@ -466,10 +465,10 @@ func TestMiddlewareBodyLimit(t *testing.T) {
 	})
 	t.Run("default limit", func(t *testing.T) {
 		r := mwGenuine(mwBody)
-		r.ContentLength = DefaultMaxBodySize + 1
+		r.ContentLength = defaultMaxBodySize + 1
 		rec, _ := mwServe(newMWVerifier(), r)
 		if rec.Code != http.StatusRequestEntityTooLarge {
-			t.Fatalf("Content-Length DefaultMaxBodySize+1: status %d, want 413", rec.Code)
+			t.Fatalf("Content-Length defaultMaxBodySize+1: status %d, want 413", rec.Code)
 		}
 	})
 	t.Run("no practical limit", func(t *testing.T) {
@@ -487,7 +486,7 @@ func TestMiddlewareBodyLimit(t *testing.T) {
 func TestVerifyRequestDoesNotTrustContentLength(t *testing.T) {
 	v := newMWVerifier()
 	r := mwGenuine(mwBody)
-	const claimed = DefaultMaxBodySize // a lie: the body is short
+	const claimed = defaultMaxBodySize // a lie: the body is short
 	r.ContentLength = claimed
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
@@ -571,8 +570,8 @@ func TestMiddlewareLogsPreciseReason(t *testing.T) {
 		}, "WARN", "signature mismatch"},
 		{"stale timestamp", nil, func() *http.Request { return mwSigned(mwSigner, mwNow.Add(-time.Hour), mwBody) }, "WARN", "skew -3600s"},
 		{"missing signature", nil, mwMutated(func(h http.Header) { h.Del(HeaderSignature) }), "WARN", "missing header: " + HeaderSignature},
-		{"keys unavailable", []Option{WithKeySource(mwKeySource(func(context.Context) ([]ed25519.PublicKey, error) {
-			return nil, fmt.Errorf("%w: key server down", ErrKeysUnavailable)
+		{"keys unavailable", []Option{WithKeys(mwKeySource(func(context.Context) error {
+			return fmt.Errorf("%w: key server down", ErrKeysUnavailable)
 		}))}, func() *http.Request { return mwGenuine(mwBody) }, "ERROR", "key server down"},
 	}
 	for _, c := range cases {
@@ -661,8 +660,8 @@ func TestHandlerEventFromContext(t *testing.T) {
 	if ev, ok := EventFromContext(context.Background()); ok || ev != nil {
 		t.Errorf("EventFromContext(empty) = %v, %v; want nil, false", ev, ok)
 	}
-	if ev, ok := EventFromContext(NewContext(context.Background(), nil)); ok || ev != nil {
-		t.Errorf("EventFromContext(NewContext(nil)) = %v, %v; want nil, false", ev, ok)
+	if ev, ok := EventFromContext(newContext(context.Background(), nil, "")); ok || ev != nil {
+		t.Errorf("EventFromContext(newContext(nil)) = %v, %v; want nil, false", ev, ok)
 	}
 	// A look-alike key from another package cannot forge a verified event.
 	type contextKey struct{ name string }
@@ -671,8 +670,8 @@ func TestHandlerEventFromContext(t *testing.T) {
 		t.Error("an event stored under a look-alike key was taken as verified")
 	}
 	want := &Event{RequestID: "r", Status: StatusOK}
-	if ev, ok := EventFromContext(NewContext(context.Background(), want)); !ok || ev != want {
-		t.Errorf("EventFromContext(NewContext(ev)) = %v, %v; want ev, true", ev, ok)
+	if ev, ok := EventFromContext(newContext(context.Background(), want, "r")); !ok || ev != want {
+		t.Errorf("EventFromContext(newContext(ev)) = %v, %v; want ev, true", ev, ok)
 	}
 }
 
@@ -681,8 +680,8 @@ func TestMiddlewareKeyServerDown(t *testing.T) {
 	defer ks.Close()
 	var now atomic.Int64
 	now.Store(mwNow.Unix())
-	v := NewVerifier(WithJWKSURL(ks.URL), WithHTTPClient(ks.Client()),
-		WithClock(func() time.Time { return time.Unix(now.Load(), 0) }))
+	clock := func() time.Time { return time.Unix(now.Load(), 0) }
+	v := NewVerifier(WithKeys(&JWKS{URL: ks.URL, Client: ks.Client(), Clock: clock}), WithClock(clock))
 
 	// Junk costs no fetch: the cheap checks come first.
 	for _, c := range mwCases() {
@@ -717,7 +716,7 @@ func TestMiddlewareKeyServerDown(t *testing.T) {
 	if rec, _ := mwServe(v, mwGenuine(mwBody)); rec.Code != http.StatusServiceUnavailable || ks.Fetches() != 1 {
 		t.Fatalf("inside the cooldown: status %d after %d fetches, want 503 after 1", rec.Code, ks.Fetches())
 	}
-	now.Add(int64(DefaultCooldown/time.Second) + 1)
+	now.Add(int64(time.Minute/time.Second) + 1)
 	rec, next = mwServe(v, mwGenuine(mwBody))
 	if rec.Code != http.StatusOK || next.calls.Load() != 1 {
 		t.Fatalf("key server back: status %d, next called %d times; want 200 and 1", rec.Code, next.calls.Load())
@@ -776,7 +775,7 @@ func TestMiddlewareConcurrent(t *testing.T) {
 	t.Run("JWKS on a cold cache", func(t *testing.T) {
 		ks := faltest.NewKeyServer(mwSigner)
 		defer ks.Close()
-		run(t, NewVerifier(WithJWKSURL(ks.URL), WithHTTPClient(ks.Client()), WithClock(mwClock)))
+		run(t, NewVerifier(WithKeys(&JWKS{URL: ks.URL, Client: ks.Client(), Clock: mwClock}), WithClock(mwClock)))
 		if got := ks.Fetches(); got != 1 {
 			t.Errorf("%d JWKS fetches for %d concurrent deliveries, want 1", got, n)
 		}
@@ -861,7 +860,8 @@ func TestStatusCode(t *testing.T) {
 		{ErrInvalidEvent, http.StatusBadRequest},
 		{ErrReadBody, http.StatusBadRequest},
 		{ErrTimestampOutOfRange, http.StatusUnauthorized},
-		{&TimestampError{Timestamp: 0, Now: mwNow.Unix(), Tolerance: DefaultTolerance}, http.StatusUnauthorized},
+		{&TimestampError{Timestamp: 0, Skew: -mwNow.Unix(), Tolerance: 5 * time.Minute}, http.StatusUnauthorized},
+		{fmt.Errorf("%w: claim: down", ErrDedupeStore), http.StatusServiceUnavailable},
 		{ErrSignatureMismatch, http.StatusUnauthorized},
 		{ErrKeysUnavailable, http.StatusServiceUnavailable},
 		{ErrNoUsableKeys, http.StatusServiceUnavailable},

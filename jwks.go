@@ -12,7 +12,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -31,57 +30,23 @@ const (
 	LegacyJWKSURL = "https://rest.alpha.fal.ai/.well-known/jwks.json"
 )
 
-// Defaults of a JWKS cache.
-const (
-	DefaultJWKSTTL      = time.Hour        // lifetime of fetched keys without Cache-Control
-	MinJWKSTTL          = 5 * time.Minute  // Cache-Control max-age is raised to at least this
-	MaxJWKSTTL          = 24 * time.Hour   // and lowered to at most this, as fal asks
-	DefaultCooldown     = time.Minute      // least time between fetches after a failure or a mismatch
-	DefaultMaxStale     = 24 * time.Hour   // how long past expiry the last good keys serve while fetches fail
-	DefaultFetchTimeout = 10 * time.Second // bound on one fetch, whoever waits for it
-	MaxJWKSSize         = 1 << 20          // largest JWKS document accepted, in bytes
+// Errors about keys.
+var (
+	// ErrNoUsableKeys is returned when a key source holds no usable Ed25519
+	// key: StaticKeys without one, or a JWKS document without an OKP/Ed25519
+	// signing key (then wrapped in ErrKeysUnavailable).
+	ErrNoUsableKeys = errors.New("falwebhook: no usable keys")
+
+	// ErrKeysUnavailable is returned when keys could not be had: the JWKS
+	// fetch failed and nothing usable is cached. It is temporary; a webhook
+	// receiver should answer 503 so that fal retries the delivery.
+	ErrKeysUnavailable = errors.New("falwebhook: keys unavailable")
+
+	// ErrMalformedJWKS is returned by ParseJWKS, and wrapped in fetch
+	// errors, when a JWKS document is not a JSON object whose "keys" member
+	// is an array.
+	ErrMalformedJWKS = errors.New("falwebhook: malformed JWKS")
 )
-
-// ErrMalformedJWKS is returned by ParseJWKS, and wrapped in fetch errors, when
-// a JWKS document is not a JSON object whose "keys" member is an array.
-var ErrMalformedJWKS = errors.New("falwebhook: malformed JWKS")
-
-// A KeySource supplies the Ed25519 public keys that may sign deliveries.
-// PublicKeys must be safe for concurrent use and must not modify the returned
-// slice or keys afterwards. An error should wrap ErrKeysUnavailable when
-// trying again later may help, and ErrNoUsableKeys when there are no keys.
-type KeySource interface {
-	PublicKeys(ctx context.Context) ([]ed25519.PublicKey, error)
-}
-
-// A KeyRefresher is a KeySource that can fetch its keys anew. When no cached
-// key verifies a well-formed, in-window delivery, the Verifier calls
-// RefreshKeys once and tries the keys it returns.
-//
-// RefreshKeys reports refreshed == false, with no error, when it declined to
-// refresh (for example inside a cooldown); it must not block in that case,
-// and may return the keys it holds now. The Verifier tries keys returned
-// with refreshed == false only when they are not the very slice PublicKeys
-// gave it, so a source that replaces its slice on every change lets a
-// delivery use keys fetched by a concurrent refresh.
-type KeyRefresher interface {
-	KeySource
-	RefreshKeys(ctx context.Context) (keys []ed25519.PublicKey, refreshed bool, err error)
-}
-
-// StaticKeys is a KeySource of fixed keys. Keys that are not
-// ed25519.PublicKeySize bytes long are skipped by the Verifier.
-type StaticKeys []ed25519.PublicKey
-
-// PublicKeys returns the keys, or ErrNoUsableKeys when none is 32 bytes long.
-func (s StaticKeys) PublicKeys(context.Context) ([]ed25519.PublicKey, error) {
-	for _, k := range s {
-		if len(k) == ed25519.PublicKeySize {
-			return s, nil
-		}
-	}
-	return nil, fmt.Errorf("%w: %d static keys, none of %d bytes", ErrNoUsableKeys, len(s), ed25519.PublicKeySize)
-}
 
 // ParseJWKS returns the usable Ed25519 public keys of a JWKS document.
 //
@@ -179,192 +144,222 @@ func containsKey(keys []ed25519.PublicKey, k ed25519.PublicKey) bool {
 }
 
 // A JWKS is a KeySource that fetches a JWKS document over HTTPS and caches
-// its keys. It is lazy: nothing is fetched, and no goroutine runs, until keys
-// are first needed.
+// its keys. Set URL and, where the defaults do not suit, the other fields,
+// then use it; fields must not change after first use. A zero field means
+// its default. It is lazy: nothing is fetched, and no goroutine runs, until
+// keys are first needed.
 //
-//   - Keys live for DefaultJWKSTTL, or the response's Cache-Control max-age
-//     clamped to [MinJWKSTTL, MaxJWKSTTL].
+//	keys := &falwebhook.JWKS{URL: falwebhook.LegacyJWKSURL, Client: myClient}
+//	v := falwebhook.NewVerifier(falwebhook.WithKeys(keys))
+//
+// The cache rules:
+//
+//   - Keys live for TTL, or the response's Cache-Control max-age (less
+//     Age), clamped to [5 minutes, 24 hours] as fal asks.
 //   - One fetch is in flight at a time and its result is shared by every
 //     waiter; a waiter gives up when its ctx is done without cancelling the
-//     fetch, which is bounded by its own timeout.
+//     fetch, which is bounded by FetchTimeout.
 //   - A successful fetch replaces the whole key set; a failed one changes
-//     nothing. Expired keys within the max-stale bound keep serving while
-//     the refetch runs in the background (stale-while-revalidate), and while
-//     fetches fail; after that bound, and when no fetch ever succeeded,
-//     PublicKeys waits for the fetch or returns ErrKeysUnavailable. After a
-//     failure the next fetch waits for the cooldown.
-//   - RefreshKeys, used by the Verifier when no cached key verifies a
-//     delivery, fetches at most once per cooldown and never waits for one.
+//     nothing. Expired keys keep serving while the refetch runs in the
+//     background (stale-while-revalidate), and while fetches fail, for up
+//     to MaxStale past their expiry; after that, and when no fetch ever
+//     succeeded, VerifySignature waits for a fetch or fails with
+//     ErrKeysUnavailable. After a failed fetch the next one waits for the
+//     cooldown.
+//   - When no cached key verifies a signature, the keys are fetched anew
+//     (the key may be new), at most once per Cooldown: inside it the
+//     mismatch is reported at once, never waiting, unless a fetch is in
+//     flight, which is joined. If that refetch fails, the mismatch also
+//     wraps ErrKeysUnavailable (503): the delivery may be signed by a key
+//     we could not fetch. So forged deliveries cause at most one fetch per
+//     Cooldown.
 //
 // A JWKS is safe for concurrent use by multiple goroutines.
 type JWKS struct {
-	url          string
-	client       *http.Client
-	now          func() time.Time
-	ttl          time.Duration
-	cooldown     time.Duration
-	maxStale     time.Duration
-	fetchTimeout time.Duration
-	logger       *slog.Logger
-	onRefresh    func(RefreshInfo)
+	// URL is the address of the JWKS document. It must be https; plain
+	// http is accepted only for loopback hosts (localhost, 127.0.0.0/8,
+	// ::1), for tests and local development. A bad URL surfaces as
+	// ErrKeysUnavailable.
+	URL string
 
-	cur atomic.Pointer[keySet] // the last good keys; replaced only by a successful fetch
+	// Client fetches the document (default: a client with a 10 second
+	// timeout). Whatever the client, redirects to plain http (other than
+	// loopback) are refused before they are followed.
+	Client *http.Client
+
+	// Clock returns the current time (default time.Now).
+	Clock func() time.Time
+
+	// Logger receives one line per fetch: successes at Info, failures at
+	// Warn (default: no logging).
+	Logger *slog.Logger
+
+	// TTL is the lifetime of fetched keys when the response has no
+	// Cache-Control max-age (default 1 hour). It is clamped to
+	// [5 minutes, 24 hours].
+	TTL time.Duration
+
+	// Cooldown is the least time between two fetches after a failed fetch,
+	// and between refetches caused by signatures no cached key verifies
+	// (default 1 minute, at least 10 seconds: it bounds the fetches that
+	// forged deliveries can cause).
+	Cooldown time.Duration
+
+	// MaxStale is how long past their expiry the last good keys keep
+	// serving while fetches fail (default 24 hours, at most 24 hours). A
+	// negative MaxStale turns stale serving off.
+	MaxStale time.Duration
+
+	// FetchTimeout bounds one fetch, independently of the contexts of the
+	// callers waiting for it (default 10 seconds).
+	FetchTimeout time.Duration
+
+	// Observer, if set, is told about each fetch (ObserveFetch).
+	Observer Observer
+
+	init   sync.Once
+	client *http.Client // Client with the scheme check on redirects
+	now    func() time.Time
+
+	cur atomic.Pointer[cachedKeys] // the last good keys; replaced only by a successful fetch
 
 	mu          sync.Mutex // guards the fields below
 	call        *fetchCall // the fetch in flight, or nil
 	lastAttempt time.Time  // when the latest fetch started; zero before the first
 	lastErr     error      // the latest fetch's error; nil after a success
-	fetches     int64
-	failures    int64
-	lastSuccess time.Time
 }
 
-type keySet struct {
-	keys    []ed25519.PublicKey
-	fetched time.Time
-	expiry  time.Time
+// Bounds of a JWKS's settings.
+const (
+	minJWKSTTL          = 5 * time.Minute
+	maxJWKSTTL          = 24 * time.Hour
+	minCooldown         = 10 * time.Second
+	maxJWKSSize         = 1 << 20 // largest JWKS document accepted, in bytes
+	defaultFetchTimeout = 10 * time.Second
+)
+
+// cachedKeys is one fetch's keys.
+type cachedKeys struct {
+	*keySet
+	expiry time.Time
 }
 
 type fetchCall struct {
 	done chan struct{} // closed when keys and err are set
-	keys []ed25519.PublicKey
+	keys *cachedKeys
 	err  error
 }
 
-// RefreshInfo describes one JWKS fetch, for WithRefreshHook.
-type RefreshInfo struct {
-	URL    string
-	Start  time.Time // by the JWKS clock
-	Keys   int       // usable keys fetched; 0 on failure
-	Expiry time.Time // when the fetched keys expire; zero on failure
-	Err    error     // nil on success
-}
-
-// JWKSStats is a snapshot of a JWKS cache's counters.
-type JWKSStats struct {
-	Fetches     int64     // fetches started
-	Failures    int64     // fetches that failed
-	LastSuccess time.Time // when the latest successful fetch started; zero if none
-	LastError   error     // the latest fetch's error; nil if it succeeded
-	Keys        int       // usable keys cached
-	Expiry      time.Time // when the cached keys expire; zero if none
-}
-
-// A JWKSOption configures a JWKS.
-type JWKSOption func(*JWKS)
-
-// WithJWKSHTTPClient sets the client used for fetches (default: a client
-// with a 10 second timeout). Whatever the client, redirects to plain http
-// (other than loopback) are refused before they are followed.
-func WithJWKSHTTPClient(c *http.Client) JWKSOption {
-	return func(j *JWKS) { j.client = c }
-}
-
-// WithJWKSClock sets the function the cache reads the current time from
-// (default time.Now).
-func WithJWKSClock(now func() time.Time) JWKSOption {
-	return func(j *JWKS) { j.now = now }
-}
-
-// WithTTL sets the lifetime of fetched keys when the response has no
-// Cache-Control max-age (default DefaultJWKSTTL, one hour). It is clamped to
-// [MinJWKSTTL, MaxJWKSTTL].
-func WithTTL(d time.Duration) JWKSOption {
-	return func(j *JWKS) { j.ttl = d }
-}
-
-// WithCooldown sets the least time between two fetches after a failed fetch,
-// and between refreshes caused by signatures no cached key verifies (default
-// DefaultCooldown, one minute). It bounds the fetches forged deliveries can
-// cause.
-func WithCooldown(d time.Duration) JWKSOption {
-	return func(j *JWKS) { j.cooldown = d }
-}
-
-// WithMaxStale sets how long past their expiry the last good keys keep
-// serving while fetches fail (default DefaultMaxStale, 24 hours). Zero
-// disables stale serving.
-func WithMaxStale(d time.Duration) JWKSOption {
-	return func(j *JWKS) { j.maxStale = d }
-}
-
-// WithFetchTimeout bounds one fetch, independently of the contexts of the
-// callers waiting for it (default DefaultFetchTimeout, 10 seconds).
-func WithFetchTimeout(d time.Duration) JWKSOption {
-	return func(j *JWKS) { j.fetchTimeout = d }
-}
-
-// WithJWKSLogger logs each fetch to l: successes at Info, failures at Warn.
-func WithJWKSLogger(l *slog.Logger) JWKSOption {
-	return func(j *JWKS) { j.logger = l }
-}
-
-// WithRefreshHook calls f after each fetch, successful or not, from the
-// goroutine that ran it. f must not block.
-func WithRefreshHook(f func(RefreshInfo)) JWKSOption {
-	return func(j *JWKS) { j.onRefresh = f }
-}
-
-// NewJWKS returns a cache of the keys published at url. It does no I/O.
-// url must be https; plain http is accepted only for loopback hosts
-// (localhost, 127.0.0.0/8, ::1), for tests and local development. A bad URL
-// surfaces as ErrKeysUnavailable from PublicKeys.
-func NewJWKS(url string, opts ...JWKSOption) *JWKS {
-	j := &JWKS{
-		url:          url,
-		now:          time.Now,
-		ttl:          DefaultJWKSTTL,
-		cooldown:     DefaultCooldown,
-		maxStale:     DefaultMaxStale,
-		fetchTimeout: DefaultFetchTimeout,
-	}
-	for _, opt := range opts {
-		if opt != nil {
-			opt(j)
+// setup applies the defaults and bounds, once.
+func (j *JWKS) setup() {
+	j.init.Do(func() {
+		c := j.Client
+		if c == nil {
+			c = &http.Client{Timeout: defaultFetchTimeout}
 		}
-	}
-	if j.client == nil {
-		j.client = &http.Client{Timeout: DefaultFetchTimeout}
-	}
-	j.client = withSchemeCheck(j.client)
-	if j.now == nil {
-		j.now = time.Now
-	}
-	j.ttl = clampTTL(j.ttl)
-	if j.cooldown < 0 {
-		j.cooldown = 0
-	}
-	if j.maxStale < 0 {
-		j.maxStale = 0
-	}
-	if j.fetchTimeout <= 0 {
-		j.fetchTimeout = DefaultFetchTimeout
-	}
-	return j
+		j.client = withSchemeCheck(c)
+		j.now = j.Clock
+		if j.now == nil {
+			j.now = time.Now
+		}
+	})
 }
 
-// URL returns the address the keys are fetched from.
-func (j *JWKS) URL() string { return j.url }
+func (j *JWKS) ttl() time.Duration {
+	if j.TTL == 0 {
+		return time.Hour
+	}
+	return min(max(j.TTL, minJWKSTTL), maxJWKSTTL)
+}
 
-// PublicKeys returns the cached keys, fetching them first when there are
-// none or they have expired. See JWKS for the rules.
-func (j *JWKS) PublicKeys(ctx context.Context) ([]ed25519.PublicKey, error) {
+func (j *JWKS) cooldown() time.Duration {
+	if j.Cooldown == 0 {
+		return time.Minute
+	}
+	return max(j.Cooldown, minCooldown)
+}
+
+func (j *JWKS) maxStale() time.Duration {
+	switch {
+	case j.MaxStale == 0:
+		return maxJWKSTTL
+	case j.MaxStale < 0:
+		return 0
+	}
+	return min(j.MaxStale, maxJWKSTTL)
+}
+
+func (j *JWKS) fetchTimeout() time.Duration {
+	if j.FetchTimeout <= 0 {
+		return defaultFetchTimeout
+	}
+	return j.FetchTimeout
+}
+
+// VerifySignature reports, as a nil error, whether a key of the document
+// verifies sig over msg, fetching the keys first when there are none or
+// they have expired, and once more when none of them verifies it. See JWKS
+// for the rules.
+func (j *JWKS) VerifySignature(ctx context.Context, msg, sig []byte) error {
+	j.setup()
+	s, err := j.keys(ctx)
+	if err != nil {
+		return err
+	}
+	if s.verify(msg, sig) {
+		return nil
+	}
+
+	// No cached key verifies it: perhaps fal rotated its keys.
+	now := j.now()
+	j.mu.Lock()
+	c := j.call
+	if c == nil {
+		if cur := j.cur.Load(); cur != s {
+			// A fetch that finished since s was read brought other keys.
+			j.mu.Unlock()
+			if cur.verify(msg, sig) {
+				return nil
+			}
+			return mismatch(len(cur.keys))
+		}
+		if now.Before(j.lastAttempt.Add(j.cooldown())) {
+			j.mu.Unlock()
+			return mismatch(len(s.keys))
+		}
+		c = j.startLocked(ctx, now)
+	}
+	j.mu.Unlock()
+	fresh, err := j.wait(ctx, c)
+	if err != nil {
+		return fmt.Errorf("%w (cached keys), and refetching failed: %w", mismatch(len(s.keys)), err)
+	}
+	if fresh != s && fresh.verify(msg, sig) {
+		return nil
+	}
+	return mismatch(len(fresh.keys))
+}
+
+// keys returns the keys to verify with: the cached ones, fetching first
+// when there are none or they have expired (expired keys within MaxStale
+// serve while the fetch runs).
+func (j *JWKS) keys(ctx context.Context) (*cachedKeys, error) {
 	now := j.now()
 	if s := j.cur.Load(); s != nil && now.Before(s.expiry) {
-		return s.keys, nil
+		return s, nil
 	}
 
 	j.mu.Lock()
 	if s := j.cur.Load(); s != nil && now.Before(s.expiry) {
 		j.mu.Unlock()
-		return s.keys, nil
+		return s, nil
 	}
 	c := j.call
 	if c == nil {
-		if j.lastErr != nil && now.Before(j.lastAttempt.Add(j.cooldown)) {
+		if j.lastErr != nil && now.Before(j.lastAttempt.Add(j.cooldown())) {
 			cause := j.lastErr
 			j.mu.Unlock()
-			return j.staleOr(now, fmt.Errorf("last fetch failed, next attempt after cooldown: %w", cause))
+			return j.staleOr(now, fmt.Errorf("%w: the last fetch failed; next attempt after the cooldown: %w", ErrKeysUnavailable, cause))
 		}
 		c = j.startLocked(ctx, now)
 	}
@@ -372,95 +367,56 @@ func (j *JWKS) PublicKeys(ctx context.Context) ([]ed25519.PublicKey, error) {
 
 	// Expired keys still within the max-stale bound serve while the fetch
 	// runs in the background, so a slow key server never holds up a
-	// delivery. A delivery they do not verify waits for that fetch through
-	// RefreshKeys.
-	if s := j.cur.Load(); s != nil && now.Before(s.expiry.Add(j.maxStale)) {
-		return s.keys, nil
+	// delivery. A delivery they do not verify joins that fetch.
+	if s, err := j.staleOr(now, nil); err == nil {
+		return s, nil
 	}
-
-	select {
-	case <-c.done:
-		if c.err == nil {
-			return c.keys, nil
-		}
-		return j.staleOr(now, c.err)
-	case <-ctx.Done():
-		return nil, fmt.Errorf("%w: gave up waiting for the JWKS fetch: %w", ErrKeysUnavailable, ctx.Err())
+	s, err := j.wait(ctx, c)
+	if err != nil {
+		return j.staleOr(now, err)
 	}
+	return s, nil
 }
 
-// staleOr returns the last good keys if they are within the max-stale
-// bound at now, and otherwise an ErrKeysUnavailable wrapping cause.
-func (j *JWKS) staleOr(now time.Time, cause error) ([]ed25519.PublicKey, error) {
-	if s := j.cur.Load(); s != nil && now.Before(s.expiry.Add(j.maxStale)) {
-		return s.keys, nil
+// staleOr returns the last good keys if they are within the max-stale bound
+// at now, and otherwise err, or ErrKeysUnavailable when err is nil.
+func (j *JWKS) staleOr(now time.Time, err error) (*cachedKeys, error) {
+	if s := j.cur.Load(); s != nil && now.Before(s.expiry.Add(j.maxStale())) {
+		return s, nil
 	}
-	return nil, fmt.Errorf("%w: %w", ErrKeysUnavailable, cause)
-}
-
-// RefreshKeys fetches the keys anew unless a fetch started less than the
-// cooldown ago, in which case it returns at once the keys cached now, with
-// refreshed == false. A fetch already in flight is joined. It implements
-// KeyRefresher.
-func (j *JWKS) RefreshKeys(ctx context.Context) (keys []ed25519.PublicKey, refreshed bool, err error) {
-	now := j.now()
-	j.mu.Lock()
-	c := j.call
-	if c == nil {
-		if !j.lastAttempt.IsZero() && now.Before(j.lastAttempt.Add(j.cooldown)) {
-			j.mu.Unlock()
-			if s := j.cur.Load(); s != nil {
-				return s.keys, false, nil // possibly newer than the caller's
-			}
-			return nil, false, nil
-		}
-		c = j.startLocked(ctx, now)
+	if err == nil {
+		err = ErrKeysUnavailable
 	}
-	j.mu.Unlock()
-	return j.wait(ctx, c)
+	return nil, err
 }
 
 // Refresh fetches the keys now, whatever the cache state and cooldown (a
 // fetch already in flight is joined), for example to warm the cache at
-// startup. On failure the cached keys are kept.
+// startup so that a wrong URL fails loudly. On failure the cached keys are
+// kept; the error wraps ErrKeysUnavailable.
 func (j *JWKS) Refresh(ctx context.Context) error {
+	j.setup()
 	j.mu.Lock()
 	c := j.call
 	if c == nil {
 		c = j.startLocked(ctx, j.now())
 	}
 	j.mu.Unlock()
-	_, _, err := j.wait(ctx, c)
+	_, err := j.wait(ctx, c)
 	return err
 }
 
-func (j *JWKS) wait(ctx context.Context, c *fetchCall) ([]ed25519.PublicKey, bool, error) {
+// wait waits for the fetch c, or for ctx to be done.
+func (j *JWKS) wait(ctx context.Context, c *fetchCall) (*cachedKeys, error) {
 	select {
 	case <-c.done:
 		if c.err != nil {
-			return nil, false, fmt.Errorf("%w: %w", ErrKeysUnavailable, c.err)
+			return nil, fmt.Errorf("%w: %w", ErrKeysUnavailable, c.err)
 		}
-		return c.keys, true, nil
+		return c.keys, nil
 	case <-ctx.Done():
-		return nil, false, fmt.Errorf("%w: gave up waiting for the JWKS fetch: %w", ErrKeysUnavailable, ctx.Err())
+		return nil, fmt.Errorf("%w: gave up waiting for the JWKS fetch: %w", ErrKeysUnavailable, ctx.Err())
 	}
-}
-
-// Stats returns a snapshot of the cache's counters.
-func (j *JWKS) Stats() JWKSStats {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	st := JWKSStats{
-		Fetches:     j.fetches,
-		Failures:    j.failures,
-		LastSuccess: j.lastSuccess,
-		LastError:   j.lastErr,
-	}
-	if s := j.cur.Load(); s != nil {
-		st.Keys = len(s.keys)
-		st.Expiry = s.expiry
-	}
-	return st
 }
 
 // startLocked starts a fetch and records it as the one in flight. j.mu must
@@ -470,48 +426,47 @@ func (j *JWKS) startLocked(ctx context.Context, now time.Time) *fetchCall {
 	c := &fetchCall{done: make(chan struct{})}
 	j.call = c
 	j.lastAttempt = now
-	j.fetches++
-	fctx := context.WithoutCancel(ctx)
-	go j.run(fctx, c, now)
+	go j.run(context.WithoutCancel(ctx), c, now)
 	return c
 }
 
 func (j *JWKS) run(ctx context.Context, c *fetchCall, start time.Time) {
-	ctx, cancel := context.WithTimeout(ctx, j.fetchTimeout)
+	began := time.Now()
+	fctx, cancel := context.WithTimeout(ctx, j.fetchTimeout())
 	defer cancel()
-	keys, ttl, err := j.fetch(ctx)
+	keys, ttl, err := j.fetch(fctx)
 
-	info := RefreshInfo{URL: j.url, Start: start, Keys: len(keys), Err: err}
+	info := FetchInfo{URL: j.URL, Start: start, Keys: len(keys), Err: err}
 	j.mu.Lock()
 	if err == nil {
 		info.Expiry = start.Add(ttl)
-		j.cur.Store(&keySet{keys: keys, fetched: start, expiry: info.Expiry})
-		j.lastErr = nil
-		j.lastSuccess = start
-	} else {
-		j.lastErr = err
-		j.failures++
+		c.keys = &cachedKeys{keySet: newKeySet(keys), expiry: info.Expiry}
+		j.cur.Store(c.keys)
 	}
-	c.keys, c.err = keys, err
+	c.err = err
+	j.lastErr = err
 	j.call = nil
 	j.mu.Unlock()
+	if j.Observer != nil {
+		// Before the waiters wake, so that what they see next has been
+		// observed.
+		info.Duration = time.Since(began)
+		j.Observer.ObserveFetch(ctx, info)
+	}
 	close(c.done)
 
-	if j.logger != nil {
+	if l := j.Logger; l != nil {
 		if err == nil {
-			j.logger.Info("falwebhook: JWKS fetched", "url", j.url, "keys", len(keys), "ttl", ttl)
+			l.Info("falwebhook: JWKS fetched", "url", j.URL, "keys", len(keys), "ttl", ttl)
 		} else {
-			j.logger.Warn("falwebhook: JWKS fetch failed", "url", j.url, "err", err)
+			l.Warn("falwebhook: JWKS fetch failed", "url", j.URL, "err", err)
 		}
-	}
-	if j.onRefresh != nil {
-		j.onRefresh(info)
 	}
 }
 
 // fetch GETs and parses the document, returning the keys and their TTL.
 func (j *JWKS) fetch(ctx context.Context) ([]ed25519.PublicKey, time.Duration, error) {
-	u, err := url.Parse(j.url)
+	u, err := url.Parse(j.URL)
 	if err != nil {
 		return nil, 0, fmt.Errorf("bad JWKS URL: %w", err)
 	}
@@ -532,26 +487,21 @@ func (j *JWKS) fetch(ctx context.Context) ([]ed25519.PublicKey, time.Duration, e
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 		_ = resp.Body.Close()
 	}()
-	if resp.Request != nil && resp.Request.URL != nil {
-		if err := checkScheme(resp.Request.URL); err != nil {
-			return nil, 0, fmt.Errorf("JWKS redirected: %w", err)
-		}
-	}
 	if resp.StatusCode != http.StatusOK {
 		return nil, 0, fmt.Errorf("fetching JWKS: status %d, want 200", resp.StatusCode)
 	}
-	data, err := io.ReadAll(io.LimitReader(resp.Body, MaxJWKSSize+1))
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxJWKSSize+1))
 	if err != nil {
 		return nil, 0, fmt.Errorf("reading JWKS: %w", err)
 	}
-	if len(data) > MaxJWKSSize {
-		return nil, 0, fmt.Errorf("%w: document larger than %d bytes", ErrMalformedJWKS, MaxJWKSSize)
+	if len(data) > maxJWKSSize {
+		return nil, 0, fmt.Errorf("%w: document larger than %d bytes", ErrMalformedJWKS, maxJWKSSize)
 	}
 	keys, err := ParseJWKS(data)
 	if err != nil {
 		return nil, 0, err
 	}
-	return keys, cacheTTL(resp.Header, j.ttl), nil
+	return keys, j.cacheTTL(resp.Header), nil
 }
 
 // checkScheme accepts https URLs, and http ones for loopback hosts only.
@@ -591,7 +541,7 @@ func withSchemeCheck(c *http.Client) *http.Client {
 			return next(req, via)
 		}
 		if len(via) >= 5 {
-			return errors.New("too many redirects")
+			return errors.New("stopped after 5 redirects")
 		}
 		return nil
 	}
@@ -599,16 +549,16 @@ func withSchemeCheck(c *http.Client) *http.Client {
 }
 
 // cacheTTL derives the keys' lifetime from Cache-Control max-age (less Age),
-// clamped to [MinJWKSTTL, MaxJWKSTTL]; without max-age it is def. no-store
-// and no-cache give the minimum.
-func cacheTTL(h http.Header, def time.Duration) time.Duration {
-	ttl := def
+// clamped to [5 minutes, 24 hours]; without max-age it is the TTL setting.
+// no-store and no-cache give the minimum.
+func (j *JWKS) cacheTTL(h http.Header) time.Duration {
+	ttl := j.ttl()
 	for _, v := range h.Values("Cache-Control") {
 		for _, d := range strings.Split(v, ",") {
 			d = strings.ToLower(strings.TrimSpace(d))
 			switch {
 			case d == "no-store" || d == "no-cache":
-				return MinJWKSTTL
+				return minJWKSTTL
 			case strings.HasPrefix(d, "max-age="):
 				secs, ok := parseDigits(strings.Trim(d[len("max-age="):], `"`))
 				if !ok {
@@ -617,21 +567,10 @@ func cacheTTL(h http.Header, def time.Duration) time.Duration {
 				if age, ok := parseDigits(h.Get("Age")); ok {
 					secs -= min(age, secs)
 				}
-				if secs > int64(MaxJWKSTTL/time.Second) {
-					secs = int64(MaxJWKSTTL / time.Second)
-				}
+				secs = min(secs, int64(maxJWKSTTL/time.Second))
 				ttl = time.Duration(secs) * time.Second
 			}
 		}
 	}
-	return clampTTL(ttl)
-}
-
-func clampTTL(d time.Duration) time.Duration {
-	return min(max(d, MinJWKSTTL), MaxJWKSTTL)
-}
-
-// String describes the cache for logs.
-func (j *JWKS) String() string {
-	return "falwebhook.JWKS(" + strconv.Quote(j.url) + ")"
+	return min(max(ttl, minJWKSTTL), maxJWKSTTL)
 }

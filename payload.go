@@ -46,14 +46,10 @@ const (
 	StatusError Status = "ERROR" // the request failed; the payload, if any, describes why
 )
 
-// Known reports whether s is one of the statuses fal documents, StatusOK or
-// StatusError.
-func (s Status) Known() bool { return s == StatusOK || s == StatusError }
-
 // Event is the JSON body of a webhook delivery.
 //
-// The JSON tags describe the wire format. Unmarshaling into an Event with
-// encoding/json applies the same checks as ParseEvent.
+// The JSON tags describe the wire format; parse bodies with ParseEvent,
+// which is strict where encoding/json is lax (duplicate keys, wrong types).
 type Event struct {
 	// RequestID is the id of the queue request; never empty in an Event
 	// returned by ParseEvent. It equals the X-Fal-Webhook-Request-Id header.
@@ -74,7 +70,7 @@ type Event struct {
 	// Payload is the model output (or, on failure, the error details),
 	// exactly the bytes of the body's payload value. It is nil when the
 	// payload is absent and the four bytes null when it is JSON null. Decode
-	// it with Decode or DecodePayload.
+	// it with DecodePayload.
 	Payload json.RawMessage `json:"payload,omitempty"`
 
 	// PayloadError is set, with a null payload, when fal could not
@@ -106,20 +102,6 @@ func parseEvent(body []byte, copyPayload bool) (*Event, error) {
 		return nil, err
 	}
 	return e, nil
-}
-
-// UnmarshalJSON parses data as ParseEvent does and, on success, replaces e.
-// A JSON null leaves e unchanged, as encoding/json expects.
-func (e *Event) UnmarshalJSON(data []byte) error {
-	if string(bytes.Trim(data, jsonSpace)) == "null" {
-		return nil
-	}
-	var ev Event
-	if err := ev.parse(data, true); err != nil {
-		return err
-	}
-	*e = ev
-	return nil
 }
 
 // Bits of Event.parse's seen mask, one per known key.
@@ -353,19 +335,9 @@ func (e *Event) hasPayload() bool {
 	return len(p) > 0 && string(p) != "null"
 }
 
-// Decode decodes the payload of a successful event into v, which must be a
-// non-nil pointer, as json.Unmarshal would but with json.Decoder.UseNumber:
-// numbers stored into an interface value (any, map[string]any) become
-// json.Number, so integers such as seeds above 2^53 keep every digit. A uint64
-// field receives seeds up to 18446744073709551615 exactly. Unknown fields are
-// ignored.
-//
-// Decode does not decode failure output into v. When the event did not
-// succeed (see Err) it returns that *RequestError, which matches
-// ErrRequestFailed; the raw output stays available in Payload. For a
-// successful event with a null or absent payload it returns an error wrapping
-// ErrNoPayload. Errors from encoding/json wrap ErrInvalidPayload.
-func (e *Event) Decode(v any) error {
+// decode decodes the payload of a successful event into v, as DecodePayload
+// describes.
+func (e *Event) decode(v any) error {
 	if e == nil {
 		return fmt.Errorf("%w: nil event", ErrNoPayload)
 	}
@@ -387,12 +359,22 @@ func (e *Event) Decode(v any) error {
 }
 
 // DecodePayload decodes the payload of a successful event into a new T, as
-// Event.Decode does. On error it returns the zero T.
+// json.Unmarshal would but with json.Decoder.UseNumber: numbers stored into
+// an interface value (any, map[string]any) become json.Number, so integers
+// such as seeds above 2^53 keep every digit. A uint64 field receives seeds up
+// to 18446744073709551615 exactly. Unknown fields are ignored.
 //
 //	out, err := falwebhook.DecodePayload[falwebhook.ImageOutput](ev)
+//
+// DecodePayload does not decode failure output. When the event did not
+// succeed (see Event.Err) it returns that *RequestError, which matches
+// ErrRequestFailed; the raw output stays available in Payload. For a
+// successful event with a null or absent payload it returns an error
+// wrapping ErrNoPayload. Errors from encoding/json wrap ErrInvalidPayload.
+// On error it returns the zero T.
 func DecodePayload[T any](e *Event) (T, error) {
 	var v T
-	if err := e.Decode(&v); err != nil {
+	if err := e.decode(&v); err != nil {
 		var zero T
 		return zero, err
 	}
@@ -544,9 +526,20 @@ func (d *ErrorDetail) UnmarshalJSON(data []byte) error {
 		*d = ErrorDetail{Message: s}
 		return nil
 	case '[':
+		dec := json.NewDecoder(bytes.NewReader(data))
+		dec.UseNumber()
 		items := []ValidationError{}
-		if err := json.Unmarshal(data, &items); err != nil {
+		if err := dec.Decode(&items); err != nil {
 			return err
+		}
+		for _, it := range items {
+			for _, l := range it.Loc {
+				switch l.(type) {
+				case string, json.Number:
+				default:
+					return fmt.Errorf("falwebhook: loc item must be a string or a number, got %T", l)
+				}
+			}
 		}
 		*d = ErrorDetail{Items: items}
 		return nil
@@ -563,8 +556,8 @@ func (d ErrorDetail) MarshalJSON() ([]byte, error) {
 	return json.Marshal(d.Message)
 }
 
-// String returns Message, or the validation errors as "loc: msg (type)"
-// joined by "; ".
+// String returns Message, or the validation errors as "loc: msg (type)",
+// the location joined by dots, joined by "; ".
 func (d *ErrorDetail) String() string {
 	if d == nil {
 		return ""
@@ -572,95 +565,41 @@ func (d *ErrorDetail) String() string {
 	if d.Items == nil {
 		return d.Message
 	}
-	parts := make([]string, len(d.Items))
-	for i, it := range d.Items {
-		parts[i] = it.Error()
-	}
-	return strings.Join(parts, "; ")
-}
-
-// ValidationError is one item of a list detail: where the input was wrong,
-// what is wrong, and the error's machine-readable type, as reported by
-// pydantic.
-type ValidationError struct {
-	Loc  []LocItem `json:"loc"`  // the path to the offending input, such as body.prompt
-	Msg  string    `json:"msg"`  // such as "field required"
-	Type string    `json:"type"` // such as "value_error.missing"
-}
-
-// Error returns "loc: msg (type)", with the location joined by dots, such as
-//
-//	body.images.0.url: field required (value_error.missing)
-//
-// leaving out the location or type when empty.
-func (v ValidationError) Error() string {
 	var b strings.Builder
-	for i, l := range v.Loc {
+	for i, it := range d.Items {
 		if i > 0 {
-			b.WriteByte('.')
+			b.WriteString("; ")
 		}
-		b.WriteString(l.String())
-	}
-	if len(v.Loc) > 0 {
-		b.WriteString(": ")
-	}
-	b.WriteString(v.Msg)
-	if v.Type != "" {
-		b.WriteString(" (")
-		b.WriteString(v.Type)
-		b.WriteString(")")
+		for j, l := range it.Loc {
+			if j > 0 {
+				b.WriteByte('.')
+			}
+			fmt.Fprint(&b, l)
+		}
+		if len(it.Loc) > 0 {
+			b.WriteString(": ")
+		}
+		b.WriteString(it.Msg)
+		if it.Type != "" {
+			b.WriteString(" (")
+			b.WriteString(it.Type)
+			b.WriteString(")")
+		}
 	}
 	return b.String()
 }
 
-// LocItem is one step of a ValidationError's location: a field name, such as
-// "body" or "prompt", or a list index. Indexes keep their JSON text, so any
-// integer is exact.
-type LocItem struct {
-	Key   string      // the item when it is a JSON string
-	Index json.Number // the item when it is a JSON number, verbatim, such as "0"; it takes precedence over Key
-}
-
-// IsIndex reports whether l is a number (a list index) rather than a name.
-func (l LocItem) IsIndex() bool { return l.Index != "" }
-
-// String returns the index's text or the key.
-func (l LocItem) String() string {
-	if l.IsIndex() {
-		return l.Index.String()
-	}
-	return l.Key
-}
-
-// UnmarshalJSON accepts a JSON string or number; other values are an error.
-func (l *LocItem) UnmarshalJSON(data []byte) error {
-	data = bytes.Trim(data, jsonSpace)
-	if len(data) > 0 && data[0] == '"' {
-		var s string
-		if err := json.Unmarshal(data, &s); err != nil {
-			return err
-		}
-		*l = LocItem{Key: s}
-		return nil
-	}
-	if len(data) > 0 && (data[0] == '-' || '0' <= data[0] && data[0] <= '9') {
-		var n json.Number
-		if err := json.Unmarshal(data, &n); err != nil {
-			return err
-		}
-		*l = LocItem{Index: n}
-		return nil
-	}
-	return fmt.Errorf("falwebhook: loc item must be a string or a number, got %s", jsonKind(data))
-}
-
-// MarshalJSON encodes l as a JSON number when it is an index and as a string
-// otherwise.
-func (l LocItem) MarshalJSON() ([]byte, error) {
-	if l.IsIndex() {
-		return json.Marshal(l.Index)
-	}
-	return json.Marshal(l.Key)
+// ValidationError is one item of a list detail: where the input was wrong,
+// what is wrong, and the error's machine-readable type, as reported by
+// pydantic. ErrorDetail.String formats it as "loc: msg (type)", such as
+//
+//	body.images.0.url: field required (value_error.missing)
+type ValidationError struct {
+	// Loc is the path to the offending input, such as body.prompt: each
+	// item a string (a field name) or a json.Number (a list index, exact).
+	Loc  []any  `json:"loc"`
+	Msg  string `json:"msg"`  // such as "field required"
+	Type string `json:"type"` // such as "value_error.missing"
 }
 
 // File is a file fal produced, stored on fal's CDN.

@@ -10,31 +10,33 @@
 //
 // and X-Fal-Webhook-Signature carries the 64-byte signature as 128 hex
 // digits. No key id is sent: a delivery is genuine when any of fal's published
-// keys verifies it. The keys come from fal's JWKS document
-// (DefaultJWKSURL), fetched on first use and cached by a JWKS; static keys
-// can be given with WithKeys instead.
+// keys verifies it. By default the keys come from fal's JWKS document
+// (DefaultJWKSURL), fetched on first use and cached (see JWKS).
 //
 // The checks are strict where fal's own sample is lax: all four headers must
 // be present exactly once and non-empty, the identifiers may not contain
-// control characters, the timestamp is decimal seconds within
-// DefaultTolerance of now (both directions), and the signature must be exactly
-// 128 hex digits. These cheap checks run before any key lookup, so junk never
-// causes a JWKS fetch.
+// control characters, the timestamp is decimal seconds within five minutes
+// of now (both directions), and the signature must be exactly 128 hex
+// digits. These cheap checks run before the body is read and before any key
+// lookup, so junk never causes a JWKS fetch.
 //
-// Typical use wraps a handler:
+// # Entry points
+//
+//	Middleware     net/http: wraps a handler; the event is in the request context (EventFromContext)
+//	Handler        net/http: like Middleware, handing the event to a function
+//	VerifyRequest  any router that gives you an *http.Request (gin, echo): bounded read, verify, parse
+//	Verify         you hold the headers and the raw body (fiber/fasthttp, AWS Lambda, a queue)
+//
+// All four answer the same question with the same errors; StatusCode maps an
+// error to the HTTP status to answer, and WriteError writes it.
 //
 //	v := falwebhook.NewVerifier()
-//	mux.Handle("POST /fal/webhook", v.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-//		ev, _ := falwebhook.EventFromContext(r.Context())
+//	mux.Handle("POST /fal/webhook", v.Handler(func(w http.ResponseWriter, r *http.Request, ev *falwebhook.Event) {
 //		log.Printf("request %s finished: %s", ev.RequestID, ev.Status)
-//	})))
+//	}))
 //
-// or verifies from any router:
-//
-//	if err := v.Verify(ctx, r.Header, body); err != nil {
-//		http.Error(w, "invalid webhook", falwebhook.StatusCode(err))
-//		return
-//	}
+// fal delivers at least once; Dedupe (or WithDedupe) runs a handler once per
+// request id.
 package falwebhook
 
 import (
@@ -44,9 +46,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"strings"
-	"sync/atomic"
 	"time"
 )
 
@@ -59,13 +61,9 @@ const (
 	HeaderSignature = "X-Fal-Webhook-Signature"
 )
 
-// DefaultTolerance is how far a delivery's timestamp may be from the current
-// time, in either direction, before it is rejected.
-const DefaultTolerance = 5 * time.Minute
-
-// Errors returned by Verify and friends. Match them with errors.Is; the
-// returned errors wrap them with detail (which header, the skew, how many keys
-// were tried).
+// Errors returned by Verify and the other entry points. Match them with
+// errors.Is; the returned errors wrap them with detail (which header, the
+// skew, how many keys were tried).
 var (
 	// ErrMissingHeader is returned when a required X-Fal-Webhook-* header is
 	// absent or empty.
@@ -85,46 +83,22 @@ var (
 	// signature: the body or a header was changed, or the delivery was not
 	// signed by fal.
 	ErrSignatureMismatch = errors.New("falwebhook: signature mismatch")
-
-	// ErrNoUsableKeys is returned when a key source holds no usable Ed25519
-	// key (an empty WithKeys, or a JWKS without an OKP/Ed25519 signing key).
-	ErrNoUsableKeys = errors.New("falwebhook: no usable keys")
-
-	// ErrKeysUnavailable is returned when keys could not be had: the JWKS
-	// fetch failed and nothing usable is cached. It is temporary; a webhook
-	// receiver should answer 503 so that fal retries the delivery.
-	ErrKeysUnavailable = errors.New("falwebhook: keys unavailable")
 )
 
 // TimestampError describes a delivery whose timestamp is outside the
 // tolerance. It unwraps to ErrTimestampOutOfRange.
 type TimestampError struct {
 	Timestamp int64         // the delivery's timestamp, Unix seconds
-	Now       int64         // the verifier's clock, Unix seconds
-	Tolerance time.Duration // the allowed skew
-}
-
-// Skew returns Timestamp - Now in seconds: positive when the delivery claims
-// to come from the future. It saturates instead of overflowing.
-func (e *TimestampError) Skew() int64 {
-	d := e.Timestamp - e.Now
-	if (e.Timestamp >= 0) != (e.Now >= 0) && (d >= 0) != (e.Timestamp >= 0) {
-		if e.Timestamp >= 0 {
-			return maxInt64
-		}
-		return -maxInt64 - 1
-	}
-	return d
+	Skew      int64         // Timestamp minus the verifier's now, in seconds (saturated); positive is in the future
+	Tolerance time.Duration // the allowed skew either way
 }
 
 func (e *TimestampError) Error() string {
-	return fmt.Sprintf("%s: skew %+ds exceeds tolerance %s", ErrTimestampOutOfRange, e.Skew(), e.Tolerance)
+	return fmt.Sprintf("%s: skew %+ds exceeds tolerance %s", ErrTimestampOutOfRange, e.Skew, e.Tolerance)
 }
 
 // Unwrap returns ErrTimestampOutOfRange.
 func (e *TimestampError) Unwrap() error { return ErrTimestampOutOfRange }
-
-const maxInt64 = 1<<63 - 1
 
 // Headers holds the four X-Fal-Webhook-* header values of one delivery,
 // exactly as received.
@@ -133,26 +107,33 @@ type Headers struct {
 	UserID    string // X-Fal-Webhook-User-Id
 	Timestamp string // X-Fal-Webhook-Timestamp, Unix seconds as decimal digits
 	Signature string // X-Fal-Webhook-Signature, 128 hex digits
+
+	// Set by ParseHeaders.
+	unix int64
+	sig  [ed25519.SignatureSize]byte
 }
 
-// ParseHeaders extracts the four fal headers from h. Names match
-// case-insensitively, also in a header map built by hand with non-canonical
-// keys. A header that is absent or empty yields ErrMissingHeader; one present
-// more than once (under any spelling, even with equal values) yields
-// ErrMalformedHeader. Values are not otherwise checked here.
+// ParseHeaders extracts the four fal headers from h and checks their
+// grammar: each present exactly once (under any spelling of its name, even
+// with equal values) and non-empty, no control characters in the request id,
+// user id and timestamp, the timestamp ^[0-9]+$ within int64, and the
+// signature exactly 128 hex digits of either case (surrounding spaces
+// trimmed). The first failure, in that order of headers, is returned: it
+// wraps ErrMissingHeader or ErrMalformedHeader and names the header.
+//
+// ParseHeaders neither reads the clock nor looks up keys: Verify and the
+// middleware call it first.
 func ParseHeaders(h http.Header) (Headers, error) {
 	var (
 		vals  [4]string
 		count [4]int
 	)
 	for k, vs := range h {
-		i := headerIndex(k)
-		if i < 0 {
-			continue
-		}
-		count[i] += len(vs)
-		if len(vs) > 0 {
-			vals[i] = vs[0]
+		if i := headerIndex(k); i >= 0 {
+			count[i] += len(vs)
+			if len(vs) > 0 {
+				vals[i] = vs[0]
+			}
 		}
 	}
 	for i, name := range headerNames {
@@ -163,7 +144,24 @@ func ParseHeaders(h http.Header) (Headers, error) {
 			return Headers{}, fmt.Errorf("%w: %s", ErrMissingHeader, name)
 		}
 	}
-	return Headers{RequestID: vals[0], UserID: vals[1], Timestamp: vals[2], Signature: vals[3]}, nil
+	hs := Headers{RequestID: vals[0], UserID: vals[1], Timestamp: vals[2], Signature: vals[3]}
+	for i, s := range vals[:3] {
+		if j := controlIndex(s); j >= 0 {
+			return Headers{}, fmt.Errorf("%w: %s has control character %q at byte %d", ErrMalformedHeader, headerNames[i], s[j], j)
+		}
+	}
+	var ok bool
+	if hs.unix, ok = parseDigits(hs.Timestamp); !ok {
+		return Headers{}, fmt.Errorf("%w: %s must be decimal Unix seconds fitting int64", ErrMalformedHeader, HeaderTimestamp)
+	}
+	sig := strings.Trim(hs.Signature, " \t")
+	if len(sig) != 2*ed25519.SignatureSize {
+		return Headers{}, fmt.Errorf("%w: %s must be %d hex digits, got %d bytes", ErrMalformedHeader, HeaderSignature, 2*ed25519.SignatureSize, len(sig))
+	}
+	if _, err := hex.Decode(hs.sig[:], []byte(sig)); err != nil {
+		return Headers{}, fmt.Errorf("%w: %s is not hex", ErrMalformedHeader, HeaderSignature)
+	}
+	return hs, nil
 }
 
 var headerNames = [4]string{HeaderRequestID, HeaderUserID, HeaderTimestamp, HeaderSignature}
@@ -181,185 +179,6 @@ func headerIndex(k string) int {
 		}
 	}
 	return -1
-}
-
-// Set writes the four headers into h under their canonical names, replacing
-// any earlier values.
-func (hs Headers) Set(h http.Header) {
-	h[HeaderRequestID] = []string{hs.RequestID}
-	h[HeaderUserID] = []string{hs.UserID}
-	h[HeaderTimestamp] = []string{hs.Timestamp}
-	h[HeaderSignature] = []string{hs.Signature}
-}
-
-// AppendMessage appends the message fal signs for a delivery to dst and
-// returns the extended slice: request id, user id and timestamp exactly as
-// given, then the lower-case hex of sha256(body), joined by "\n" with no
-// trailing newline.
-func AppendMessage(dst []byte, requestID, userID, timestamp string, body []byte) []byte {
-	sum := sha256.Sum256(body)
-	return appendMessageDigest(dst, requestID, userID, timestamp, &sum)
-}
-
-func appendMessageDigest(dst []byte, requestID, userID, timestamp string, sum *[sha256.Size]byte) []byte {
-	dst = append(dst, requestID...)
-	dst = append(dst, '\n')
-	dst = append(dst, userID...)
-	dst = append(dst, '\n')
-	dst = append(dst, timestamp...)
-	dst = append(dst, '\n')
-	return hex.AppendEncode(dst, sum[:])
-}
-
-// A Verifier checks fal.ai webhook deliveries. Create one with NewVerifier
-// and share it: it is safe for concurrent use by multiple goroutines.
-type Verifier struct {
-	keys      KeySource
-	jwksURL   string
-	client    *http.Client
-	tolerance time.Duration
-	now       func() time.Time
-
-	// lastKey is the index, in the most recent key list, of the key that
-	// last verified a delivery; it is tried first. A hint only.
-	lastKey atomic.Int32
-
-	mw middlewareConfig
-}
-
-// An Option configures a Verifier.
-type Option func(*Verifier)
-
-// WithKeys makes the Verifier trust exactly these keys instead of fetching
-// fal's JWKS. Keys that are not 32 bytes long are ignored; with no usable key
-// every Verify fails with ErrNoUsableKeys.
-func WithKeys(keys ...ed25519.PublicKey) Option {
-	return func(v *Verifier) { v.keys = StaticKeys(keys) }
-}
-
-// WithKeySource makes the Verifier take its keys from src, for example a JWKS
-// built with NewJWKS and its own options. If src also implements
-// KeyRefresher, a signature no cached key verifies triggers one refresh.
-func WithKeySource(src KeySource) Option {
-	return func(v *Verifier) { v.keys = src }
-}
-
-// WithJWKSURL sets the URL of the JWKS document the Verifier fetches its keys
-// from (default DefaultJWKSURL). It must be https, except for loopback hosts.
-// It has no effect together with WithKeys or WithKeySource.
-func WithJWKSURL(url string) Option {
-	return func(v *Verifier) { v.jwksURL = url }
-}
-
-// WithHTTPClient sets the client used to fetch the JWKS (default: a client
-// with a 10 second timeout). It has no effect together with WithKeys or
-// WithKeySource.
-func WithHTTPClient(c *http.Client) Option {
-	return func(v *Verifier) { v.client = c }
-}
-
-// WithTolerance sets how far, in either direction, a delivery's timestamp may
-// be from now (default DefaultTolerance, 5 minutes). It is truncated to whole
-// seconds; a skew of exactly the tolerance passes. A tolerance of zero or less
-// restores the default.
-func WithTolerance(d time.Duration) Option {
-	return func(v *Verifier) { v.tolerance = d }
-}
-
-// WithClock sets the function the Verifier, and its default JWKS cache, read
-// the current time from (default time.Now). For tests and for replaying
-// captured deliveries.
-func WithClock(now func() time.Time) Option {
-	return func(v *Verifier) { v.now = now }
-}
-
-// NewVerifier returns a Verifier configured by opts. It does no I/O and
-// cannot fail: with no key option, keys are fetched from DefaultJWKSURL on
-// first use and cached.
-func NewVerifier(opts ...Option) *Verifier {
-	v := &Verifier{
-		jwksURL:   DefaultJWKSURL,
-		tolerance: DefaultTolerance,
-		now:       time.Now,
-		mw:        defaultMiddlewareConfig(),
-	}
-	for _, opt := range opts {
-		if opt != nil {
-			opt(v)
-		}
-	}
-	if v.tolerance <= 0 {
-		v.tolerance = DefaultTolerance
-	}
-	if v.now == nil {
-		v.now = time.Now
-	}
-	if v.keys == nil {
-		var jo []JWKSOption
-		if v.client != nil {
-			jo = append(jo, WithJWKSHTTPClient(v.client))
-		}
-		jo = append(jo, WithJWKSClock(v.now))
-		v.keys = NewJWKS(v.jwksURL, jo...)
-	}
-	return v
-}
-
-// KeySource returns the source the Verifier takes its keys from.
-func (v *Verifier) KeySource() KeySource { return v.keys }
-
-// Verify reports, as a nil error, whether body with header h is a genuine fal
-// webhook delivery: the four headers are present once each and well formed,
-// the timestamp is within the tolerance, and a usable key verifies the
-// signature over the request id, user id, timestamp and sha256 of body.
-//
-// The header checks run before any key lookup. ctx bounds the wait for keys
-// when they have to be fetched.
-func (v *Verifier) Verify(ctx context.Context, h http.Header, body []byte) error {
-	hs, err := ParseHeaders(h)
-	if err != nil {
-		return err
-	}
-	return v.VerifyHeaders(ctx, hs, body)
-}
-
-// VerifyHeaders is like Verify for callers that hold the four header values
-// as strings, such as fasthttp handlers. An empty value is missing. The
-// caller is responsible for rejecting a header sent more than once.
-func (v *Verifier) VerifyHeaders(ctx context.Context, hs Headers, body []byte) error {
-	sig, err := v.check(hs)
-	if err != nil {
-		return err
-	}
-	sum := sha256.Sum256(body)
-	return v.verifyDigest(ctx, hs, &sig, &sum)
-}
-
-// check runs the cheap checks on hs: presence, grammar and the time window.
-// It returns the decoded signature.
-func (v *Verifier) check(hs Headers) (sig [ed25519.SignatureSize]byte, err error) {
-	vals := [4]string{hs.RequestID, hs.UserID, hs.Timestamp, hs.Signature}
-	for i, s := range vals {
-		if s == "" {
-			return sig, fmt.Errorf("%w: %s", ErrMissingHeader, headerNames[i])
-		}
-	}
-	for i, s := range vals[:3] {
-		if j := controlIndex(s); j >= 0 {
-			return sig, fmt.Errorf("%w: %s has control character %q at byte %d", ErrMalformedHeader, headerNames[i], s[j], j)
-		}
-	}
-	ts, ok := parseDigits(hs.Timestamp)
-	if !ok {
-		return sig, fmt.Errorf("%w: %s must be decimal Unix seconds fitting int64", ErrMalformedHeader, HeaderTimestamp)
-	}
-	if err := decodeSignature(&sig, hs.Signature); err != nil {
-		return sig, err
-	}
-	if err := v.checkWindow(ts); err != nil {
-		return sig, err
-	}
-	return sig, nil
 }
 
 // controlIndex returns the index of the first ASCII control character (C0 or
@@ -384,13 +203,11 @@ func parseDigits(s string) (int64, bool) {
 	if s == "" {
 		return 0, false
 	}
+	const maxInt64 = 1<<63 - 1
 	var n int64
 	for i := 0; i < len(s); i++ {
 		d := s[i] - '0'
-		if d > 9 {
-			return 0, false
-		}
-		if n > (maxInt64-int64(d))/10 {
+		if d > 9 || n > (maxInt64-int64(d))/10 {
 			return 0, false
 		}
 		n = n*10 + int64(d)
@@ -398,99 +215,193 @@ func parseDigits(s string) (int64, bool) {
 	return n, true
 }
 
-// decodeSignature decodes exactly 128 hex digits, either case, after trimming
-// surrounding spaces and tabs.
-func decodeSignature(dst *[ed25519.SignatureSize]byte, s string) error {
-	s = strings.Trim(s, " \t")
-	if len(s) != 2*ed25519.SignatureSize {
-		return fmt.Errorf("%w: %s must be %d hex digits, got %d bytes", ErrMalformedHeader, HeaderSignature, 2*ed25519.SignatureSize, len(s))
+// AppendMessage appends the message fal signs for this delivery to dst and
+// returns the extended slice: request id, user id and timestamp exactly as
+// held, then the lower-case hex of sha256(body), joined by "\n" with no
+// trailing newline.
+func (hs Headers) AppendMessage(dst, body []byte) []byte {
+	sum := sha256.Sum256(body)
+	return hs.appendMessage(dst, &sum)
+}
+
+func (hs *Headers) appendMessage(dst []byte, sum *[sha256.Size]byte) []byte {
+	dst = append(dst, hs.RequestID...)
+	dst = append(dst, '\n')
+	dst = append(dst, hs.UserID...)
+	dst = append(dst, '\n')
+	dst = append(dst, hs.Timestamp...)
+	dst = append(dst, '\n')
+	return hex.AppendEncode(dst, sum[:])
+}
+
+// A Verifier checks fal.ai webhook deliveries. Create one with NewVerifier
+// and share it: it is safe for concurrent use by multiple goroutines.
+type Verifier struct {
+	keys      KeySource
+	tolerance int64 // seconds
+	now       func() time.Time
+	logger    *slog.Logger
+	maxBody   int64
+	onError   func(http.ResponseWriter, *http.Request, error)
+	dedupe    *Dedupe
+	observer  Observer
+}
+
+// An Option configures a Verifier. For every option, a zero or nil argument
+// means the default.
+type Option func(*Verifier)
+
+// WithKeys makes the Verifier take its keys from src: StaticKeys for fixed
+// keys, or a JWKS of your own (another URL, HTTP client or cache policy).
+// The default is fal's JWKS at DefaultJWKSURL, cached, with the Verifier's
+// clock and logger.
+func WithKeys(src KeySource) Option {
+	return func(v *Verifier) { v.keys = src }
+}
+
+// WithTolerance sets how far, in either direction, a delivery's timestamp may
+// be from now (default 5 minutes). It is rounded down to whole seconds, and
+// at least one second; a skew of exactly the tolerance passes.
+func WithTolerance(d time.Duration) Option {
+	return func(v *Verifier) {
+		v.tolerance = 0
+		if d > 0 {
+			v.tolerance = max(int64(d/time.Second), 1)
+		}
 	}
-	if _, err := hex.Decode(dst[:], []byte(s)); err != nil {
-		return fmt.Errorf("%w: %s is not hex", ErrMalformedHeader, HeaderSignature)
+}
+
+// WithClock sets the function the Verifier reads the current time from
+// (default time.Now), for tests and for replaying captured deliveries. The
+// default JWKS uses it too; a JWKS passed to WithKeys has its own Clock.
+func WithClock(now func() time.Time) Option {
+	return func(v *Verifier) { v.now = now }
+}
+
+// WithLogger makes the Verifier log each rejected request, with the precise
+// reason, to l: keys unavailable at Error level, everything else at Warn.
+// Responses never carry the reason. The default JWKS logs its fetches to l,
+// and a Dedupe without a Logger of its own logs there too. By default
+// nothing is logged.
+func WithLogger(l *slog.Logger) Option {
+	return func(v *Verifier) { v.logger = l }
+}
+
+// NewVerifier returns a Verifier configured by opts. It does no I/O and
+// cannot fail: with no key option, keys are fetched from DefaultJWKSURL on
+// first use and cached. Call Refresh at startup to load them eagerly.
+func NewVerifier(opts ...Option) *Verifier {
+	v := &Verifier{}
+	for _, opt := range opts {
+		if opt != nil {
+			opt(v)
+		}
+	}
+	if v.tolerance == 0 {
+		v.tolerance = int64(defaultTolerance / time.Second)
+	}
+	if v.now == nil {
+		v.now = time.Now
+	}
+	if v.maxBody == 0 {
+		v.maxBody = defaultMaxBodySize
+	}
+	if v.keys == nil {
+		v.keys = &JWKS{URL: DefaultJWKSURL, Clock: v.now, Logger: v.logger, Observer: v.observer}
+	}
+	return v
+}
+
+const defaultTolerance = 5 * time.Minute
+
+// Refresh loads the Verifier's keys now: it fetches the JWKS (whatever the
+// cache state) or checks the static keys, and reports why they are not
+// usable. Call it at startup so that a wrong JWKS URL or a network policy
+// blocking it fails loudly instead of as 503 answers to fal. A key source
+// without a Refresh(ctx) error method has nothing to load.
+func (v *Verifier) Refresh(ctx context.Context) error {
+	if r, ok := v.keys.(interface{ Refresh(context.Context) error }); ok {
+		return r.Refresh(ctx)
 	}
 	return nil
+}
+
+// Verify reports whether body with header h is a genuine fal webhook
+// delivery, and returns its event. It checks the headers (ParseHeaders), the
+// time window, the signature over the request id, user id, timestamp and
+// sha256 of body, and parses body as an Event (ParseEvent). The cheap checks
+// run before any key lookup; ctx bounds the wait for keys when they have to
+// be fetched.
+//
+// Verify is for callers that hold the raw body, such as fiber (pass
+// http.Header(c.GetReqHeaders()) and c.Request().Body(), which is not
+// decompressed) or AWS Lambda. Give it every value of every header, so that
+// a repeated fal header is seen and rejected. The event does not share
+// memory with body. Errors match the sentinels listed at StatusCode.
+func (v *Verifier) Verify(ctx context.Context, h http.Header, body []byte) (*Event, error) {
+	start := v.startTimer()
+	ev, err := v.verify(ctx, h, body)
+	v.observe(ctx, h, start, outcome(err), err, StatusCode(err))
+	return ev, err
+}
+
+func (v *Verifier) verify(ctx context.Context, h http.Header, body []byte) (*Event, error) {
+	hs, err := v.checkHeaders(h)
+	if err != nil {
+		return nil, err
+	}
+	sum := sha256.Sum256(body)
+	if err := v.verifySignature(ctx, &hs, &sum); err != nil {
+		return nil, err
+	}
+	return parseEvent(body, true)
+}
+
+// startTimer returns the time a delivery's verification starts, when an
+// Observer will want its duration.
+func (v *Verifier) startTimer() time.Time {
+	if v.observer == nil {
+		return time.Time{}
+	}
+	return time.Now()
+}
+
+// checkHeaders runs the cheap checks: ParseHeaders and the time window.
+func (v *Verifier) checkHeaders(h http.Header) (Headers, error) {
+	hs, err := ParseHeaders(h)
+	if err != nil {
+		return hs, err
+	}
+	if err := v.checkWindow(hs.unix); err != nil {
+		return hs, err
+	}
+	return hs, nil
 }
 
 func (v *Verifier) checkWindow(ts int64) error {
 	now := v.now().Unix()
-	tol := uint64(v.tolerance / time.Second)
-	var diff uint64
-	if ts >= now {
-		diff = uint64(ts) - uint64(now)
-	} else {
-		diff = uint64(now) - uint64(ts)
+	skew := ts - now
+	if (ts >= 0) != (now >= 0) && (skew >= 0) != (ts >= 0) { // overflowed
+		skew = 1<<63 - 1
+		if ts < 0 {
+			skew = -1 << 63
+		}
 	}
-	if diff > tol {
-		return &TimestampError{Timestamp: ts, Now: now, Tolerance: v.tolerance}
+	if skew > v.tolerance || skew < -v.tolerance {
+		return &TimestampError{Timestamp: ts, Skew: skew, Tolerance: time.Duration(v.tolerance) * time.Second}
 	}
 	return nil
 }
 
-// verifyDigest checks sig over the message built from hs and the body's
-// sha256 against the key source, refreshing it once on a mismatch when it
-// supports that.
-func (v *Verifier) verifyDigest(ctx context.Context, hs Headers, sig *[ed25519.SignatureSize]byte, sum *[sha256.Size]byte) error {
-	keys, err := v.keys.PublicKeys(ctx)
-	if err != nil {
-		if errors.Is(err, ErrNoUsableKeys) || errors.Is(err, ErrKeysUnavailable) {
-			return err
-		}
-		return fmt.Errorf("%w: %w", ErrKeysUnavailable, err)
-	}
+// verifySignature builds the signed message and asks the key source.
+func (v *Verifier) verifySignature(ctx context.Context, hs *Headers, sum *[sha256.Size]byte) error {
 	var buf [512]byte
-	msg := appendMessageDigest(buf[:0], hs.RequestID, hs.UserID, hs.Timestamp, sum)
-	tried, ok := v.tryKeys(keys, msg, sig[:])
-	if ok {
-		return nil
+	msg := hs.appendMessage(buf[:0], sum)
+	err := v.keys.VerifySignature(ctx, msg, hs.sig[:])
+	if err == nil || errors.Is(err, ErrSignatureMismatch) || errors.Is(err, ErrKeysUnavailable) || errors.Is(err, ErrNoUsableKeys) {
+		return err
 	}
-	if r, isRefresher := v.keys.(KeyRefresher); isRefresher {
-		fresh, refreshed, rerr := r.RefreshKeys(ctx)
-		if rerr != nil {
-			return fmt.Errorf("%w: none of %d keys verified and the refresh failed: %w", ErrSignatureMismatch, tried, rerr)
-		}
-		if refreshed || !nothingNew(fresh, keys) {
-			n, ok := v.tryKeys(fresh, msg, sig[:])
-			if ok {
-				return nil
-			}
-			return fmt.Errorf("%w: none of %d keys verified, nor %d after a refresh", ErrSignatureMismatch, tried, n)
-		}
-	}
-	if tried == 0 {
-		return fmt.Errorf("%w: the key source returned no 32-byte key", ErrNoUsableKeys)
-	}
-	return fmt.Errorf("%w: none of %d keys verified", ErrSignatureMismatch, tried)
-}
-
-// nothingNew reports whether fresh, returned by a declined refresh, offers
-// no keys beyond tried: it is empty, or the very slice already tried (not
-// merely equal keys).
-func nothingNew(fresh, tried []ed25519.PublicKey) bool {
-	return len(fresh) == 0 || len(fresh) == len(tried) && &fresh[0] == &tried[0]
-}
-
-// tryKeys verifies sig with each usable key, the last successful one first.
-// It returns how many usable keys were tried and whether one verified.
-func (v *Verifier) tryKeys(keys []ed25519.PublicKey, msg, sig []byte) (int, bool) {
-	hint := int(v.lastKey.Load())
-	tried := 0
-	if hint >= 0 && hint < len(keys) && len(keys[hint]) == ed25519.PublicKeySize {
-		tried++
-		if ed25519.Verify(keys[hint], msg, sig) {
-			return tried, true
-		}
-	} else {
-		hint = -1
-	}
-	for i, k := range keys {
-		if i == hint || len(k) != ed25519.PublicKeySize {
-			continue
-		}
-		tried++
-		if ed25519.Verify(k, msg, sig) {
-			v.lastKey.Store(int32(i))
-			return tried, true
-		}
-	}
-	return tried, false
+	// A key source of the caller's that fails in its own way: the delivery
+	// cannot be checked now, so fal should retry it.
+	return fmt.Errorf("%w: %w", ErrKeysUnavailable, err)
 }

@@ -41,7 +41,7 @@ func ExampleSigner_Sign() {
 // send it through falwebhook's middleware, which trusts that key.
 func ExampleSigner_NewRequest() {
 	signer := faltest.SignerFromName("example")
-	v := falwebhook.NewVerifier(falwebhook.WithKeys(signer.PublicKey()))
+	v := falwebhook.NewVerifier(falwebhook.WithKeys(falwebhook.StaticKeys(signer.PublicKey())))
 
 	handler := v.Handler(func(w http.ResponseWriter, r *http.Request, ev *falwebhook.Event) {
 		fmt.Fprintln(w, "handled", ev.RequestID, ev.Status, ev.Err())

@@ -17,7 +17,7 @@
 // A handler test:
 //
 //	signer := faltest.SignerFromName("test")
-//	v := falwebhook.NewVerifier(falwebhook.WithKeys(signer.PublicKey()))
+//	v := falwebhook.NewVerifier(falwebhook.WithKeys(falwebhook.StaticKeys(signer.PublicKey())))
 //	body := faltest.OKBody("5057fca7-2eb3-468f-b95d-cefe92b0b9d4", map[string]any{"seed": 42})
 //	req := signer.NewRequest("/fal/webhook", faltest.Delivery{Body: body})
 //	rec := httptest.NewRecorder()
@@ -27,7 +27,7 @@
 //
 //	ks := faltest.NewKeyServer(signer)
 //	defer ks.Close()
-//	v := falwebhook.NewVerifier(falwebhook.WithJWKSURL(ks.URL), falwebhook.WithHTTPClient(ks.Client()))
+//	v := falwebhook.NewVerifier(falwebhook.WithKeys(&falwebhook.JWKS{URL: ks.URL, Client: ks.Client()}))
 package faltest
 
 import (

@@ -30,9 +30,9 @@ func BenchmarkStoreClaim(b *testing.B) {
 	ctx := context.Background()
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
-		res, err := s.Claim(ctx, fmt.Sprint(i), time.Minute)
-		if err != nil || res.State != falwebhook.ClaimAcquired {
-			b.Fatalf("Claim = %v, %v", res.State, err)
+		state, _, err := s.Claim(ctx, fmt.Sprint(i), time.Minute)
+		if err != nil || state != falwebhook.ClaimAcquired {
+			b.Fatalf("Claim = %v, %v", state, err)
 		}
 	}
 }
@@ -46,11 +46,11 @@ func BenchmarkStoreClaimComplete(b *testing.B) {
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
 		id := fmt.Sprint(i)
-		res, err := s.Claim(ctx, id, time.Minute)
-		if err != nil || res.State != falwebhook.ClaimAcquired {
-			b.Fatalf("Claim = %v, %v", res.State, err)
+		state, token, err := s.Claim(ctx, id, time.Minute)
+		if err != nil || state != falwebhook.ClaimAcquired {
+			b.Fatalf("Claim = %v, %v", state, err)
 		}
-		if err := s.Complete(ctx, id, res.Token, time.Minute); err != nil {
+		if err := s.Complete(ctx, id, token, time.Minute); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -63,11 +63,11 @@ func benchMiddleware(b *testing.B, redisDedupe bool) {
 	at := time.Unix(1_700_000_000, 0)
 	const head, tail = `{"error": null, "payload": {"pad": "`, `"}, "request_id": "bench-request", "status": "OK"}`
 	body := []byte(head + strings.Repeat("x", 1<<10-len(head)-len(tail)) + tail)
-	opts := []falwebhook.Option{falwebhook.WithKeys(s.PublicKey()), falwebhook.WithClock(func() time.Time { return at })}
+	opts := []falwebhook.Option{falwebhook.WithKeys(falwebhook.StaticKeys(s.PublicKey())), falwebhook.WithClock(func() time.Time { return at })}
 	if redisDedupe {
 		c := connect(b)
 		store := redisdedupe.New(c, redisdedupe.WithPrefix(testPrefix(b, c)))
-		opts = append(opts, falwebhook.WithDedupe(store, falwebhook.WithDedupeTTL(time.Minute)))
+		opts = append(opts, falwebhook.WithDedupe(&falwebhook.Dedupe{Store: store, TTL: time.Minute}))
 	}
 	h := falwebhook.NewVerifier(opts...).Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body)

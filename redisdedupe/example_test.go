@@ -20,8 +20,10 @@ func Example() {
 		WriteTimeout: time.Second,
 	})
 	v := falwebhook.NewVerifier(
-		falwebhook.WithDedupe(redisdedupe.New(rdb, redisdedupe.WithPrefix("imagesvc:fal:")),
-			falwebhook.WithDedupeLease(time.Minute)),
+		falwebhook.WithDedupe(&falwebhook.Dedupe{
+			Store: redisdedupe.New(rdb, redisdedupe.WithPrefix("imagesvc:fal:")),
+			Lease: time.Minute,
+		}),
 	)
 	mux := http.NewServeMux()
 	mux.Handle("POST /fal/webhook", v.Handler(func(w http.ResponseWriter, r *http.Request, ev *falwebhook.Event) {

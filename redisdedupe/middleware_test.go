@@ -40,6 +40,7 @@ func (s *syncBuffer) String() string {
 // store, verifier and logs.
 type replica struct {
 	store *redisdedupe.Store
+	d     *falwebhook.Dedupe
 	h     http.Handler
 	logs  *syncBuffer
 }
@@ -58,19 +59,20 @@ type fleet struct {
 
 // newFleet starts one replica per client, all with key prefix prefix; each
 // replica's dedupe options are opts[i] when given.
-func newFleet(t *testing.T, clients []redis.UniversalClient, prefix string, opts ...[]falwebhook.DedupeOption) *fleet {
+func newFleet(t *testing.T, clients []redis.UniversalClient, prefix string, lease ...time.Duration) *fleet {
 	f := &fleet{t: t, signer: faltest.SignerFromName("redisdedupe")}
 	f.handle = func(_ int64, _ int, w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) }
 	for i, c := range clients {
-		var o []falwebhook.DedupeOption
-		if i < len(opts) {
-			o = opts[i]
-		}
 		rep := &replica{store: redisdedupe.New(c, redisdedupe.WithPrefix(prefix)), logs: &syncBuffer{}}
+		d := &falwebhook.Dedupe{Store: rep.store}
+		rep.d = d
+		if i < len(lease) {
+			d.Lease = lease[i]
+		}
 		v := falwebhook.NewVerifier(
-			falwebhook.WithKeys(f.signer.PublicKey()),
+			falwebhook.WithKeys(falwebhook.StaticKeys(f.signer.PublicKey())),
 			falwebhook.WithLogger(slog.New(slog.NewTextHandler(rep.logs, nil))),
-			falwebhook.WithDedupe(rep.store, o...),
+			falwebhook.WithDedupe(d),
 		)
 		rep.h = v.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			f.handle(f.calls.Add(1), i, w, r)
@@ -227,8 +229,7 @@ func TestReplicaDiesMidHandler(t *testing.T) {
 	cs := clients(t, 2)
 	const lease = time.Minute
 	f := newFleet(t, cs, testPrefix(t, cs[0]),
-		[]falwebhook.DedupeOption{falwebhook.WithDedupeLease(lease)},
-		[]falwebhook.DedupeOption{falwebhook.WithDedupeLease(lease)})
+		lease, lease)
 	entered, release := make(chan struct{}), make(chan struct{})
 	f.handle = func(n int64, _ int, w http.ResponseWriter, _ *http.Request) {
 		if n == 1 {

@@ -131,33 +131,33 @@ func (s *Store) Key(requestID string) string { return s.prefix + requestID }
 
 // Claim implements falwebhook.DedupeStore with SET NX PX. A lease under one
 // millisecond counts as one millisecond.
-func (s *Store) Claim(ctx context.Context, requestID string, lease time.Duration) (falwebhook.ClaimResult, error) {
+func (s *Store) Claim(ctx context.Context, requestID string, lease time.Duration) (falwebhook.ClaimState, string, error) {
 	key := s.Key(requestID)
 	token := rand.Text()
 	for range 2 {
 		err := s.client.Do(ctx, "SET", key, inProgressPrefix+token, "NX", "PX", millis(lease)).Err()
 		if err == nil {
-			return falwebhook.ClaimResult{State: falwebhook.ClaimAcquired, Token: token}, nil
+			return falwebhook.ClaimAcquired, token, nil
 		}
 		if !errors.Is(err, redis.Nil) {
-			return falwebhook.ClaimResult{}, fmt.Errorf("redisdedupe: claim %s: %w", key, err)
+			return 0, "", fmt.Errorf("redisdedupe: claim %s: %w", key, err)
 		}
 		v, err := s.client.Get(ctx, key).Result()
 		switch {
 		case errors.Is(err, redis.Nil):
 			continue // released or expired in between: claim again
 		case err != nil:
-			return falwebhook.ClaimResult{}, fmt.Errorf("redisdedupe: claim %s: %w", key, err)
+			return 0, "", fmt.Errorf("redisdedupe: claim %s: %w", key, err)
 		case v == doneValue:
-			return falwebhook.ClaimResult{State: falwebhook.ClaimCompleted}, nil
+			return falwebhook.ClaimCompleted, "", nil
 		case strings.HasPrefix(v, inProgressPrefix):
-			return falwebhook.ClaimResult{State: falwebhook.ClaimInProgress}, nil
+			return falwebhook.ClaimInProgress, "", nil
 		default:
-			return falwebhook.ClaimResult{}, fmt.Errorf("redisdedupe: claim %s: the key holds %q, not a dedupe record", key, truncate(v))
+			return 0, "", fmt.Errorf("redisdedupe: claim %s: the key holds %q, not a dedupe record", key, truncate(v))
 		}
 	}
 	// The key came and went twice under us: someone is busy with it.
-	return falwebhook.ClaimResult{State: falwebhook.ClaimInProgress}, nil
+	return falwebhook.ClaimInProgress, "", nil
 }
 
 // Complete implements falwebhook.DedupeStore with a Lua script that

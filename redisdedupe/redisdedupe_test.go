@@ -76,19 +76,25 @@ func testPrefix(tb testing.TB, c redis.UniversalClient) string {
 	return p
 }
 
-func mustClaim(t *testing.T, s *redisdedupe.Store, id string, lease time.Duration, want falwebhook.ClaimState) falwebhook.ClaimResult {
+// claimed is a Claim's result.
+type claimed struct {
+	State falwebhook.ClaimState
+	Token string
+}
+
+func mustClaim(t *testing.T, s *redisdedupe.Store, id string, lease time.Duration, want falwebhook.ClaimState) claimed {
 	t.Helper()
-	res, err := s.Claim(context.Background(), id, lease)
+	state, token, err := s.Claim(context.Background(), id, lease)
 	if err != nil {
 		t.Fatalf("Claim(%q): %v", id, err)
 	}
-	if res.State != want {
-		t.Fatalf("Claim(%q) = %s, want %s", id, res.State, want)
+	if state != want {
+		t.Fatalf("Claim(%q) = %d, want %d", id, state, want)
 	}
-	if (res.Token != "") != (want == falwebhook.ClaimAcquired) {
-		t.Fatalf("Claim(%q) = %s with token %q: a token must come with, and only with, an acquired claim", id, res.State, res.Token)
+	if (token != "") != (want == falwebhook.ClaimAcquired) {
+		t.Fatalf("Claim(%q) = %d with token %q: a token must come with, and only with, an acquired claim", id, state, token)
 	}
-	return res
+	return claimed{state, token}
 }
 
 // expire makes the key's lease run out now, as if the lease had passed.
@@ -208,7 +214,7 @@ func TestStoreForeignValue(t *testing.T) {
 	c := connect(t)
 	s := redisdedupe.New(c, redisdedupe.WithPrefix(testPrefix(t, c)))
 	c.Set(context.Background(), s.Key("a"), "something else", time.Minute)
-	if _, err := s.Claim(context.Background(), "a", time.Minute); err == nil || !strings.Contains(err.Error(), "not a dedupe record") {
+	if _, _, err := s.Claim(context.Background(), "a", time.Minute); err == nil || !strings.Contains(err.Error(), "not a dedupe record") {
 		t.Fatalf("Claim over a foreign value = %v, want an error", err)
 	}
 }
@@ -223,12 +229,12 @@ func TestStoreConcurrentClaims(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			res, err := stores[i%2].Claim(context.Background(), "same", time.Minute)
+			state, _, err := stores[i%2].Claim(context.Background(), "same", time.Minute)
 			if err != nil {
 				t.Error(err)
 				return
 			}
-			if res.State == falwebhook.ClaimAcquired {
+			if state == falwebhook.ClaimAcquired {
 				acquired.Add(1)
 			}
 		}()

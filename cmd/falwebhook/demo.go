@@ -68,8 +68,7 @@ func runDemo(ctx context.Context, e *env, args []string) int {
 	start := time.Now()
 	outcomes := make(chan demoOutcome, 1) // one request at a time
 	v := falwebhook.NewVerifier(
-		falwebhook.WithJWKSURL(ks.URL),
-		falwebhook.WithHTTPClient(ks.Client()),
+		falwebhook.WithKeys(&falwebhook.JWKS{URL: ks.URL, Client: ks.Client(), Clock: func() time.Time { return start }}),
 		falwebhook.WithClock(func() time.Time { return start }),
 		falwebhook.WithErrorHandler(func(w http.ResponseWriter, r *http.Request, err error) {
 			outcomes <- demoOutcome{err: err}
@@ -170,7 +169,7 @@ func runDemo(ctx context.Context, e *env, args []string) int {
 	fmt.Fprintf(w, "%d webhook deliveries. Everything runs on 127.0.0.1; a dev key stands in for fal's.\n\n", len(cases))
 	fmt.Fprintf(w, "  fal's keys  %s  (JWKS, 1 Ed25519 key, kid %s)\n", ks.URL, fal.KeyID())
 	fmt.Fprintf(w, "  receiver    %s\n", url)
-	fmt.Fprintf(w, "              falwebhook.NewVerifier(falwebhook.WithJWKSURL(keysURL)).Middleware(handler)\n\n")
+	fmt.Fprintf(w, "              falwebhook.NewVerifier(falwebhook.WithKeys(&falwebhook.JWKS{URL: keysURL})).Middleware(handler)\n\n")
 
 	t := &table{header: []string{"CASE", "SENT", "HTTP", "VERDICT", "EXPECTED?"}}
 	failed := 0

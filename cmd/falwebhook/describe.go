@@ -18,10 +18,10 @@ func reason(err error) string {
 	switch {
 	case err == nil:
 		return ""
-	case errors.As(err, &te) && te.Skew() < 0:
-		return fmt.Sprintf("stale timestamp (%+ds)", te.Skew())
+	case errors.As(err, &te) && te.Skew < 0:
+		return fmt.Sprintf("stale timestamp (%+ds)", te.Skew)
 	case errors.As(err, &te):
-		return fmt.Sprintf("future timestamp (%+ds)", te.Skew())
+		return fmt.Sprintf("future timestamp (%+ds)", te.Skew)
 	case errors.Is(err, falwebhook.ErrMissingHeader):
 		return "missing header"
 	case errors.Is(err, falwebhook.ErrMalformedHeader):

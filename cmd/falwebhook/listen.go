@@ -86,7 +86,7 @@ func runListen(ctx context.Context, e *env, args []string) int {
 		jsonOut         = fs.Bool("json", false, "print one JSON object per delivery instead of a text line")
 		forward         = fs.String("forward", "", "pass verified deliveries to the app at `URL` and relay its answer")
 		forwardTimeout  = fs.Duration("forward-timeout", 15*time.Second, "give up on the app after this `duration` (502); fal itself waits 15s")
-		tolerance       = fs.Duration("tolerance", falwebhook.DefaultTolerance, "largest accepted `skew` between a delivery's timestamp and now")
+		tolerance       = fs.Duration("tolerance", 5*time.Minute, "largest accepted `skew` between a delivery's timestamp and now")
 		shutdownTimeout = fs.Duration("shutdown-timeout", 30*time.Second, "on SIGINT/SIGTERM, wait this `duration` for deliveries in flight")
 	)
 	pos, code, ok := parseArgs(fs, args)
@@ -129,16 +129,17 @@ func runListen(ctx context.Context, e *env, args []string) int {
 	var (
 		cache    *falwebhook.JWKS
 		keysInfo string
+		fetches  = &lastFetch{}
 	)
 	if isURL(*jwks) {
-		cache = falwebhook.NewJWKS(*jwks)
-		opts = append(opts, falwebhook.WithKeySource(cache))
+		cache = &falwebhook.JWKS{URL: *jwks, Observer: fetches}
+		opts = append(opts, falwebhook.WithKeys(cache))
 	} else {
 		keys, err := loadJWKSFile(*jwks)
 		if err != nil {
 			return fail(exitUsage, "--jwks: %v", err)
 		}
-		opts = append(opts, falwebhook.WithKeys(keys...))
+		opts = append(opts, falwebhook.WithKeys(falwebhook.StaticKeys(keys...)))
 		keysInfo = fmt.Sprintf("keys: %s from %s", plural(len(keys), "Ed25519 key"), *jwks)
 	}
 	rc.verify = falwebhook.NewVerifier(opts...).Middleware(http.HandlerFunc(rc.accept))
@@ -163,7 +164,7 @@ func runListen(ctx context.Context, e *env, args []string) int {
 		if err := cache.Refresh(ctx); err != nil {
 			info("warning: %v (deliveries get 503 until keys can be fetched)", err)
 		} else {
-			keysInfo = fmt.Sprintf("keys: %s from %s", plural(cache.Stats().Keys, "Ed25519 key"), *jwks)
+			keysInfo = fmt.Sprintf("keys: %s from %s", plural(fetches.keys(), "Ed25519 key"), *jwks)
 		}
 	}
 	if keysInfo != "" {
@@ -433,4 +434,25 @@ func (s *syncWriter) printf(format string, args ...any) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	fmt.Fprintf(s.w, format, args...)
+}
+
+// lastFetch is an Observer remembering how many keys the last JWKS fetch
+// brought.
+type lastFetch struct {
+	mu sync.Mutex // guards n
+	n  int
+}
+
+func (*lastFetch) ObserveDelivery(context.Context, falwebhook.DeliveryInfo) {}
+
+func (l *lastFetch) ObserveFetch(_ context.Context, f falwebhook.FetchInfo) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.n = f.Keys
+}
+
+func (l *lastFetch) keys() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.n
 }

@@ -187,7 +187,7 @@ func TestListenForward(t *testing.T) {
 	// The forwarded delivery still verifies with the same keys: the app
 	// may verify it again.
 	keys, _ := loadJWKSFile(jwks)
-	if err := falwebhook.NewVerifier(falwebhook.WithKeys(keys...)).Verify(t.Context(), fwd.header, fwd.body); err != nil {
+	if _, err := falwebhook.NewVerifier(falwebhook.WithKeys(falwebhook.StaticKeys(keys...))).Verify(t.Context(), fwd.header, fwd.body); err != nil {
 		t.Errorf("the forwarded delivery no longer verifies: %v", err)
 	}
 	line := l.stdout.waitFor(wctx, t, "forwarded: app answered 202")

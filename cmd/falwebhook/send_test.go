@@ -48,7 +48,7 @@ func newReceiver(t *testing.T, jwksPath string) (*httptest.Server, *eventLog) {
 		t.Fatal(err)
 	}
 	log := &eventLog{}
-	v := falwebhook.NewVerifier(falwebhook.WithKeys(keys...))
+	v := falwebhook.NewVerifier(falwebhook.WithKeys(falwebhook.StaticKeys(keys...)))
 	srv := httptest.NewServer(v.Handler(func(w http.ResponseWriter, r *http.Request, ev *falwebhook.Event) {
 		log.mu.Lock()
 		log.events = append(log.events, ev)

@@ -42,7 +42,7 @@ func runVerify(ctx context.Context, e *env, args []string) int {
 		bodyPath  = fs.String("body", "", "the body `FILE` (\"-\" for stdin), with --header instead of a raw request")
 		jwks      = fs.String("jwks", falwebhook.DefaultJWKSURL, "JWKS `URL or file` holding the public keys")
 		now       timeFlag
-		tolerance = fs.Duration("tolerance", falwebhook.DefaultTolerance, "largest accepted `skew` between the timestamp and now")
+		tolerance = fs.Duration("tolerance", 5*time.Minute, "largest accepted `skew` between the timestamp and now")
 	)
 	fs.Var(&headers, "header", "a `'Name: value'` header of the delivery (repeatable), with --body")
 	fs.Var(&now, "now", "check the timestamp against this `time` (RFC 3339 or Unix seconds) instead of the clock")
@@ -163,7 +163,7 @@ func runVerify(ctx context.Context, e *env, args []string) int {
 	fmt.Fprintf(w, "        %d bytes, sha256 %s\n", len(c.body), hex.EncodeToString(sum[:]))
 
 	// 4. The signed message.
-	msg := falwebhook.AppendMessage(nil, hs.RequestID, hs.UserID, hs.Timestamp, c.body)
+	msg := hs.AppendMessage(nil, c.body)
 	fmt.Fprintf(w, "\nsigned message (request id, user id, timestamp, sha256 of the body; joined by \\n)\n")
 	for _, line := range strings.SplitAfter(string(msg), "\n") {
 		fmt.Fprintf(w, "        %s\n", strconv.Quote(line))
@@ -209,11 +209,11 @@ func runVerify(ctx context.Context, e *env, args []string) int {
 
 	// 6. The verdict, from the library itself.
 	v := falwebhook.NewVerifier(
-		falwebhook.WithKeys(keys...),
+		falwebhook.WithKeys(falwebhook.StaticKeys(keys...)),
 		falwebhook.WithClock(func() time.Time { return clock }),
 		falwebhook.WithTolerance(*tolerance),
 	)
-	verr := v.Verify(ctx, c.header, c.body)
+	_, verr := v.Verify(ctx, c.header, c.body)
 	fmt.Fprintf(w, "\nverdict\n")
 	if verr == nil {
 		fmt.Fprintf(w, "  VALID   a genuine delivery; a receiver would answer 200\n")
@@ -402,9 +402,25 @@ func printEvent(w io.Writer, body []byte, headerRequestID string) {
 	}
 }
 
-// fetchKeys fetches the JWKS at url with the library's fetcher.
+// fetchKeys fetches the JWKS document at url and parses it.
 func fetchKeys(ctx context.Context, url string) ([]ed25519.PublicKey, error) {
-	return falwebhook.NewJWKS(url).PublicKeys(ctx)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("status %d from %s", resp.StatusCode, url)
+	}
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return nil, err
+	}
+	return falwebhook.ParseJWKS(data)
 }
 
 func displayPath(p string) string {
