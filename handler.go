@@ -55,6 +55,7 @@ func WithErrorHandler(f func(w http.ResponseWriter, r *http.Request, err error))
 //	ErrMissingHeader, ErrMalformedHeader,
 //	ErrInvalidEvent, ErrReadBody                   400 Bad Request
 //	ErrTimestampOutOfRange, ErrSignatureMismatch   401 Unauthorized
+//	ErrUnexpectedUser                              403 Forbidden
 //	ErrKeysUnavailable, ErrNoUsableKeys,
 //	ErrDedupeStore                                 503 Service Unavailable
 //	anything else                                  500 Internal Server Error
@@ -77,6 +78,8 @@ func StatusCode(err error) int {
 		return http.StatusBadRequest
 	case errors.Is(err, ErrTimestampOutOfRange), errors.Is(err, ErrSignatureMismatch):
 		return http.StatusUnauthorized
+	case errors.Is(err, ErrUnexpectedUser):
+		return http.StatusForbidden
 	default:
 		return http.StatusInternalServerError
 	}

@@ -256,6 +256,9 @@ func mwCases() []mwCase {
 		{name: "timestamp with a leading zero", req: mwMutated(func(h http.Header) { h.Set(HeaderTimestamp, "0"+h.Get(HeaderTimestamp)) }), want: 401, wantErr: ErrSignatureMismatch},
 		{name: "signature of zeros", req: setRaw(HeaderSignature, strings.Repeat("0", 128)), want: 401, wantErr: ErrSignatureMismatch},
 
+		// 403
+		{name: "another fal account's genuine delivery", opts: []Option{WithUserIDs("my-user")}, req: func() *http.Request { return mwGenuine(mwBody) }, want: 403, wantErr: ErrUnexpectedUser},
+
 		// 503
 		{name: "keys unavailable", opts: []Option{WithKeys(mwKeySource(func(context.Context) error {
 			return fmt.Errorf("%w: key server down", ErrKeysUnavailable)
@@ -863,6 +866,7 @@ func TestStatusCode(t *testing.T) {
 		{&TimestampError{Timestamp: 0, Skew: -mwNow.Unix(), Tolerance: 5 * time.Minute}, http.StatusUnauthorized},
 		{fmt.Errorf("%w: claim: down", ErrDedupeStore), http.StatusServiceUnavailable},
 		{ErrSignatureMismatch, http.StatusUnauthorized},
+		{ErrUnexpectedUser, http.StatusForbidden},
 		{ErrKeysUnavailable, http.StatusServiceUnavailable},
 		{ErrNoUsableKeys, http.StatusServiceUnavailable},
 		// A fetch error reaches callers wrapped in ErrKeysUnavailable; on its

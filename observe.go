@@ -102,6 +102,7 @@ var outcomes = [...]struct {
 	{ErrReadBody, "read_error"},
 	{ErrTimestampOutOfRange, "timestamp_out_of_range"},
 	{ErrSignatureMismatch, "signature_mismatch"},
+	{ErrUnexpectedUser, "unexpected_user"},
 }
 
 // observe reports a delivery to v's observer, if any.

@@ -83,6 +83,11 @@ var (
 	// signature: the body or a header was changed, or the delivery was not
 	// signed by fal.
 	ErrSignatureMismatch = errors.New("falwebhook: signature mismatch")
+
+	// ErrUnexpectedUser is returned when the delivery's user id is not one
+	// of those given to WithUserIDs: it may be genuinely signed by fal, but
+	// for another fal account.
+	ErrUnexpectedUser = errors.New("falwebhook: unexpected user")
 )
 
 // TimestampError describes a delivery whose timestamp is outside the
@@ -245,6 +250,7 @@ type Verifier struct {
 	onError   func(http.ResponseWriter, *http.Request, error)
 	dedupe    *Dedupe
 	observer  Observer
+	userIDs   map[string]bool // nil: any user
 }
 
 // An Option configures a Verifier. For every option, a zero or nil argument
@@ -267,6 +273,34 @@ func WithTolerance(d time.Duration) Option {
 		v.tolerance = 0
 		if d > 0 {
 			v.tolerance = max(int64(d/time.Second), 1)
+		}
+	}
+}
+
+// WithUserIDs makes the Verifier accept only deliveries whose
+// X-Fal-Webhook-User-Id is one of ids, your fal account's user ids. Pin
+// them: fal signs every customer's deliveries with the same keys and sends
+// no key id, so anyone with a fal account can point a request's
+// fal_webhook at your URL and fal will deliver a genuine, correctly signed
+// body of their choosing. A delivery for another user fails with
+// ErrUnexpectedUser (403) among the cheap checks, before any key lookup.
+// The user id is signed, so it cannot be changed in transit. With no ids
+// (the default) any user is accepted; handlers should still match the
+// request id against requests they submitted.
+//
+// Find your user id in a delivery's headers: "falwebhook verify" and
+// "falwebhook listen" print it.
+func WithUserIDs(ids ...string) Option {
+	return func(v *Verifier) {
+		v.userIDs = nil
+		for _, id := range ids {
+			if id == "" {
+				continue
+			}
+			if v.userIDs == nil {
+				v.userIDs = make(map[string]bool)
+			}
+			v.userIDs[id] = true
 		}
 	}
 }
@@ -366,11 +400,15 @@ func (v *Verifier) startTimer() time.Time {
 	return time.Now()
 }
 
-// checkHeaders runs the cheap checks: ParseHeaders and the time window.
+// checkHeaders runs the cheap checks: ParseHeaders, the user and the time
+// window.
 func (v *Verifier) checkHeaders(h http.Header) (Headers, error) {
 	hs, err := ParseHeaders(h)
 	if err != nil {
 		return hs, err
+	}
+	if v.userIDs != nil && !v.userIDs[hs.UserID] {
+		return hs, fmt.Errorf("%w: %s %q is not one of the %d pinned user ids", ErrUnexpectedUser, HeaderUserID, hs.UserID, len(v.userIDs))
 	}
 	if err := v.checkWindow(hs.unix); err != nil {
 		return hs, err

@@ -266,6 +266,44 @@ func TestWithTolerance(t *testing.T) {
 	}
 }
 
+// TestWithUserIDs checks account pinning: another fal customer's genuine
+// delivery is refused among the cheap checks, before any key lookup.
+func TestWithUserIDs(t *testing.T) {
+	signer := faltest.SignerFromName("verify-a")
+	mine := signed(signer, "req-1", "user-mine", t0, []byte(testBody))
+	theirs := signed(signer, "req-1", "user-theirs", t0, []byte(testBody))
+	for _, tt := range []struct {
+		name       string
+		ids        []string
+		mine, them error
+	}{
+		{"pinned", []string{"user-mine"}, nil, ErrUnexpectedUser},
+		{"pinned among several", []string{"user-old", "user-mine"}, nil, ErrUnexpectedUser},
+		{"not pinned", nil, nil, nil},
+		{"only empty ids: not pinned", []string{""}, nil, nil},
+		{"case matters", []string{"USER-MINE"}, ErrUnexpectedUser, ErrUnexpectedUser},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			src := &countingSource{src: StaticKeys(signer.PublicKey())}
+			v := NewVerifier(WithKeys(src), WithClock(fixedClock(t0)), WithUserIDs(tt.ids...))
+			if _, err := v.Verify(context.Background(), mine.h, mine.body); !errors.Is(err, tt.mine) || (tt.mine == nil) != (err == nil) {
+				t.Errorf("my delivery: got %v, want %v", err, tt.mine)
+			}
+			before := src.calls.Load()
+			_, err := v.Verify(context.Background(), theirs.h, theirs.body)
+			if !errors.Is(err, tt.them) || (tt.them == nil) != (err == nil) {
+				t.Errorf("another account's genuine delivery: got %v, want %v", err, tt.them)
+			}
+			if err != nil && src.calls.Load() != before {
+				t.Error("a foreign user's delivery cost a key lookup")
+			}
+			if err != nil && StatusCode(err) != http.StatusForbidden {
+				t.Errorf("status %d, want 403", StatusCode(err))
+			}
+		})
+	}
+}
+
 func TestToleranceOfOneSecond(t *testing.T) {
 	signer := faltest.SignerFromName("verify-a")
 	v := NewVerifier(WithKeys(StaticKeys(signer.PublicKey())), WithClock(fixedClock(t0)), WithTolerance(time.Millisecond))
