@@ -3,12 +3,12 @@ package falwebhook
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"time"
 )
 
 // Errors of the HTTP layer, in addition to those of Verify.
@@ -57,7 +57,7 @@ func WithErrorHandler(f func(w http.ResponseWriter, r *http.Request, err error))
 //	ErrTimestampOutOfRange, ErrSignatureMismatch   401 Unauthorized
 //	ErrUnexpectedUser                              403 Forbidden
 //	ErrKeysUnavailable, ErrNoUsableKeys,
-//	ErrDedupeStore                                 503 Service Unavailable
+//	ErrOverloaded, ErrDedupeStore                  503 Service Unavailable
 //	anything else                                  500 Internal Server Error
 //
 // 503 asks fal to retry later: the delivery may be genuine but cannot be
@@ -67,7 +67,7 @@ func StatusCode(err error) int {
 	switch {
 	case err == nil:
 		return http.StatusOK
-	case errors.Is(err, ErrKeysUnavailable), errors.Is(err, ErrNoUsableKeys), errors.Is(err, ErrDedupeStore):
+	case errors.Is(err, ErrKeysUnavailable), errors.Is(err, ErrNoUsableKeys), errors.Is(err, ErrDedupeStore), errors.Is(err, ErrOverloaded):
 		return http.StatusServiceUnavailable
 	case errors.Is(err, ErrMethodNotAllowed):
 		return http.StatusMethodNotAllowed
@@ -87,11 +87,15 @@ func StatusCode(err error) int {
 
 // WriteError writes the default response to a rejected request: the status
 // given by StatusCode(err) with its standard text, plus Allow: POST on 405,
-// Retry-After on 503, and Connection: close on 413 so that the rest of an
-// oversized body is not read. It never reveals the error's detail. A
-// handler set by WithErrorHandler can fall back on it, and routers other
-// than net/http can use it through their http.ResponseWriter.
+// Retry-After on 503, and Connection: close on 413, ErrOverloaded and
+// ErrReadBody so that the rest of the body is not read. It never reveals the error's
+// detail. A handler set by WithErrorHandler can fall back on it, and
+// routers other than net/http can use it through their
+// http.ResponseWriter.
 func WriteError(w http.ResponseWriter, err error) {
+	if errors.Is(err, ErrOverloaded) || errors.Is(err, ErrReadBody) {
+		w.Header().Set("Connection", "close")
+	}
 	writeStatus(w, StatusCode(err))
 }
 
@@ -158,14 +162,14 @@ func newContext(ctx context.Context, ev *Event, requestID string) context.Contex
 // body bytes r.Body now reads: do not modify it.
 func (v *Verifier) VerifyRequest(r *http.Request) (*Event, error) {
 	start := v.startTimer()
-	ev, _, err := v.verifyRequest(r)
+	ev, _, err := v.verifyRequest(nil, r)
 	v.observe(r.Context(), r.Header, start, outcome(err), err, StatusCode(err))
 	return ev, err
 }
 
 // verifyRequest is VerifyRequest without the observation, also returning
-// the request id header.
-func (v *Verifier) verifyRequest(r *http.Request) (*Event, string, error) {
+// the request id header. With w, the body's read deadline is set.
+func (v *Verifier) verifyRequest(w http.ResponseWriter, r *http.Request) (*Event, string, error) {
 	if r.Method != http.MethodPost {
 		return nil, "", fmt.Errorf("%w: %s", ErrMethodNotAllowed, r.Method)
 	}
@@ -173,69 +177,37 @@ func (v *Verifier) verifyRequest(r *http.Request) (*Event, string, error) {
 	if err != nil {
 		return nil, "", err
 	}
-	body, sum, err := readBody(r, v.maxBody)
-	if err != nil {
+	var rc *http.ResponseController
+	if w != nil {
+		rc = http.NewResponseController(w)
+		if rc.SetReadDeadline(time.Now().Add(v.readTimeout)) != nil {
+			rc = nil // not supported by this writer
+		}
+	}
+	var b body
+	if err := v.readBody(r, &b); err != nil {
+		// The deadline stays: the connection is closed, unread.
+		b.free(v)
 		return nil, "", err
 	}
+	if rc != nil {
+		_ = rc.SetReadDeadline(time.Time{}) // the body is in; the handler may take its time
+	}
+	if err := v.verifySignature(r.Context(), &hs, &b.sum); err != nil {
+		if b.n == 0 && errors.Is(err, ErrSignatureMismatch) {
+			err = fmt.Errorf("%w (the body was empty: was it read before verification?)", err)
+		}
+		b.free(v)
+		return nil, "", err
+	}
+	body := b.bytes(v) // verified: no longer charged
 	r.Body = io.NopCloser(bytes.NewReader(body))
 	r.ContentLength = int64(len(body))
 	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
-	if err := v.verifySignature(r.Context(), &hs, &sum); err != nil {
-		if len(body) == 0 && errors.Is(err, ErrSignatureMismatch) {
-			err = fmt.Errorf("%w (the body was empty: was it read before verification?)", err)
-		}
-		return nil, "", err
-	}
 	// body is ours and never written again (the fresh r.Body only reads
 	// it), so the event's Payload may share it instead of copying.
 	ev, err := parseEvent(body, false)
 	return ev, hs.RequestID, err
-}
-
-// readBody reads r's body, hashing it on the way, failing with
-// ErrBodyTooLarge as soon as more than limit bytes arrive.
-func readBody(r *http.Request, limit int64) ([]byte, [sha256.Size]byte, error) {
-	var sum [sha256.Size]byte
-	if r.ContentLength > limit {
-		return nil, sum, fmt.Errorf("%w: Content-Length %d exceeds %d bytes", ErrBodyTooLarge, r.ContentLength, limit)
-	}
-	if r.Body == nil || r.Body == http.NoBody {
-		return []byte{}, sha256.Sum256(nil), nil
-	}
-	size := int64(512)
-	if r.ContentLength > 0 {
-		// +1 to see EOF without growing. Capped: Content-Length is the
-		// client's claim, and nothing is verified yet.
-		size = min(r.ContentLength, 64<<10) + 1
-	}
-	buf := make([]byte, 0, size)
-	h := sha256.New()
-	lr := io.LimitReader(r.Body, limit+1)
-	for {
-		if len(buf) == cap(buf) {
-			buf = append(buf, 0)[:len(buf)]
-		}
-		n, err := lr.Read(buf[len(buf):cap(buf)])
-		if n > 0 {
-			h.Write(buf[len(buf) : len(buf)+n])
-			buf = buf[:len(buf)+n]
-		}
-		if int64(len(buf)) > limit {
-			return nil, sum, fmt.Errorf("%w: more than %d bytes", ErrBodyTooLarge, limit)
-		}
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			var mbe *http.MaxBytesError
-			if errors.As(err, &mbe) {
-				return nil, sum, fmt.Errorf("%w: %w", ErrBodyTooLarge, err)
-			}
-			return nil, sum, fmt.Errorf("%w: %w", ErrReadBody, err)
-		}
-	}
-	h.Sum(sum[:0])
-	return buf, sum, nil
 }
 
 // Middleware returns a handler that passes only genuine fal deliveries to
@@ -253,7 +225,7 @@ func readBody(r *http.Request, limit int64) ([]byte, [sha256.Size]byte, error) {
 func (v *Verifier) Middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := v.startTimer()
-		ev, id, err := v.verifyRequest(r)
+		ev, id, err := v.verifyRequest(w, r)
 		if err != nil {
 			v.observe(r.Context(), r.Header, start, outcome(err), err, StatusCode(err))
 			v.reject(w, r, err)
@@ -305,14 +277,14 @@ func (v *Verifier) reject(w http.ResponseWriter, r *http.Request, err error) {
 			slog.String("remote", r.RemoteAddr))
 	}
 	if v.onError != nil {
-		if code == http.StatusRequestEntityTooLarge {
-			// Do not let the server drain the rest of an oversized body.
+		if code == http.StatusRequestEntityTooLarge || errors.Is(err, ErrOverloaded) || errors.Is(err, ErrReadBody) {
+			// Do not let the server read the rest of the body.
 			w.Header().Set("Connection", "close")
 		}
 		v.onError(w, r, err)
 		return
 	}
-	writeStatus(w, code)
+	WriteError(w, err)
 }
 
 // firstRequestID returns the first X-Fal-Webhook-Request-Id value in h,

@@ -94,6 +94,7 @@ var outcomes = [...]struct {
 	{ErrKeysUnavailable, "keys_unavailable"},
 	{ErrNoUsableKeys, "keys_unavailable"},
 	{ErrDedupeStore, "store_error"},
+	{ErrOverloaded, "overloaded"},
 	{ErrMethodNotAllowed, "method_not_allowed"},
 	{ErrBodyTooLarge, "body_too_large"},
 	{ErrMissingHeader, "missing_header"},

@@ -242,15 +242,17 @@ func (hs *Headers) appendMessage(dst []byte, sum *[sha256.Size]byte) []byte {
 // A Verifier checks fal.ai webhook deliveries. Create one with NewVerifier
 // and share it: it is safe for concurrent use by multiple goroutines.
 type Verifier struct {
-	keys      KeySource
-	tolerance int64 // seconds
-	now       func() time.Time
-	logger    *slog.Logger
-	maxBody   int64
-	onError   func(http.ResponseWriter, *http.Request, error)
-	dedupe    *Dedupe
-	observer  Observer
-	userIDs   map[string]bool // nil: any user
+	keys        KeySource
+	tolerance   int64 // seconds
+	now         func() time.Time
+	logger      *slog.Logger
+	maxBody     int64
+	budget      bodyBudget
+	readTimeout time.Duration
+	onError     func(http.ResponseWriter, *http.Request, error)
+	dedupe      *Dedupe
+	observer    Observer
+	userIDs     map[string]bool // nil: any user
 }
 
 // An Option configures a Verifier. For every option, a zero or nil argument
@@ -340,6 +342,15 @@ func NewVerifier(opts ...Option) *Verifier {
 	if v.maxBody == 0 {
 		v.maxBody = defaultMaxBodySize
 	}
+	if v.readTimeout == 0 {
+		v.readTimeout = defaultReadTimeout
+	}
+	if v.budget.max == 0 {
+		v.budget.max = max(defaultBodyBudget, 2*v.maxBody)
+	}
+	// One body of the largest size must fit in the part of the budget
+	// open to large bodies.
+	v.budget.max = max(v.budget.max, (v.maxBody+1)*4/3+1)
 	if v.keys == nil {
 		v.keys = &JWKS{URL: DefaultJWKSURL, Clock: v.now, Logger: v.logger, Observer: v.observer}
 	}

@@ -1,0 +1,212 @@
+package falwebhook
+
+import (
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// ErrOverloaded is returned by VerifyRequest and the middleware when
+// reading the body would take the Verifier over its budget of body bytes
+// not yet verified (WithBodyBudget). The delivery may be genuine: the
+// answer is 503 with Retry-After, so fal retries it, and the connection is
+// closed without reading further.
+var ErrOverloaded = errors.New("falwebhook: overloaded")
+
+const (
+	defaultBodyBudget  = 64 << 20
+	defaultReadTimeout = 30 * time.Second
+
+	// smallBody is how much of each body counts as small: the budget keeps
+	// a quarter of itself for the first smallBody bytes of every request,
+	// so small deliveries keep working while large forged ones use up the
+	// rest.
+	smallBody = 64 << 10
+)
+
+// WithBodyBudget bounds the memory that unauthenticated requests can pin:
+// at most n bytes of body, across all the requests the Verifier is reading
+// at once, held before their signature is checked (default 64 MiB, or
+// twice the body size limit when that is larger). Bytes are charged as
+// they arrive, not as Content-Length claims, and released as soon as the
+// signature is checked. A quarter of the budget is kept for the first
+// 64 KiB of each body, so a flood of large forged bodies cannot crowd out
+// small genuine deliveries. A request that would exceed the budget is
+// answered 503 with Retry-After (fal retries) and its connection closed.
+// The budget is raised, if need be, so that one body of the largest size
+// accepted fits.
+func WithBodyBudget(n int64) Option {
+	return func(v *Verifier) { v.budget.max = max(n, 0) }
+}
+
+// WithReadTimeout bounds how long the body of one delivery may take to
+// arrive, from the moment the middleware starts reading it (default 30
+// seconds), so that a client trickling bytes cannot hold a buffer forever
+// even when the http.Server has no ReadTimeout. It is set with
+// http.ResponseController on the connection; it applies to Middleware and
+// Handler, which hold the ResponseWriter, not to VerifyRequest. Set the
+// server's ReadHeaderTimeout, ReadTimeout and IdleTimeout too.
+func WithReadTimeout(d time.Duration) Option {
+	return func(v *Verifier) { v.readTimeout = max(d, 0) }
+}
+
+// bodyBudget counts the body bytes held before verification.
+type bodyBudget struct {
+	max  int64        // bytes; set once by NewVerifier
+	used atomic.Int64 // bytes charged now
+}
+
+// take charges n bytes, reporting whether they fit. Bytes beyond the first
+// smallBody of a body (large) may not use the last quarter of the budget.
+func (b *bodyBudget) take(n int64, large bool) bool {
+	limit := b.max
+	if large {
+		limit -= b.max / 4
+	}
+	if b.used.Add(n) > limit {
+		b.used.Add(-n)
+		return false
+	}
+	return true
+}
+
+func (b *bodyBudget) give(n int64) { b.used.Add(-n) }
+
+// chunkSizes are the capacities of the buffers a body is read into, one
+// after the other; the last repeats. Growing by whole new chunks never
+// copies what was read, and each chunk is allocated only when the one
+// before is full, so memory follows the bytes that actually arrived.
+var chunkSizes = [...]int{16 << 10, 32 << 10, 64 << 10, 128 << 10, 256 << 10, 512 << 10, 1 << 20}
+
+// chunkPools recycle chunks of each size in chunkSizes.
+var chunkPools [len(chunkSizes)]sync.Pool
+
+// body is a request body read into chunks.
+type body struct {
+	chunks  [][]byte
+	pooled  []int // index in chunkSizes of each chunk, or -1
+	n       int64 // bytes read
+	charged int64 // bytes charged to the budget
+	sum     [sha256.Size]byte
+}
+
+// readBody reads r's body into b, at most limit bytes, hashing it on the
+// way and charging the budget as its buffers grow. The caller must call
+// b.free (or b.bytes) afterwards, whatever the error.
+func (v *Verifier) readBody(r *http.Request, b *body) error {
+	limit := v.maxBody
+	if r.ContentLength > limit {
+		return fmt.Errorf("%w: Content-Length %d exceeds %d bytes", ErrBodyTooLarge, r.ContentLength, limit)
+	}
+	if r.Body == nil || r.Body == http.NoBody {
+		b.sum = sha256.Sum256(nil)
+		return nil
+	}
+	h := sha256.New()
+	var capacity int64 // of all chunks
+	for {
+		// A new chunk: Content-Length's size when it is small (+1 to see
+		// EOF without another chunk), else the next size class; never past
+		// limit+1 bytes in all.
+		class := min(len(b.chunks), len(chunkSizes)-1)
+		size := int64(chunkSizes[class])
+		if r.ContentLength >= 0 {
+			// Sized to Content-Length, +1 to see EOF in the same chunk.
+			// It is only a claim, but the chunks still grow only as
+			// bytes arrive.
+			if rest := r.ContentLength + 1 - capacity; rest > 0 && rest < size {
+				size, class = rest, -1
+			}
+		}
+		if rest := limit + 1 - capacity; rest < size {
+			size, class = rest, -1
+		}
+		if !v.budget.take(size, capacity >= smallBody) {
+			return fmt.Errorf("%w: the budget of %d body bytes not yet verified is used up", ErrOverloaded, v.budget.max)
+		}
+		b.charged += size
+		b.chunks = append(b.chunks, getChunk(class, size))
+		b.pooled = append(b.pooled, class)
+		capacity += size
+
+		chunk := b.chunks[len(b.chunks)-1]
+		filled, err := fill(r.Body, chunk)
+		h.Write(chunk[:filled])
+		b.chunks[len(b.chunks)-1] = chunk[:filled]
+		b.n += int64(filled)
+		if b.n > limit {
+			return fmt.Errorf("%w: more than %d bytes", ErrBodyTooLarge, limit)
+		}
+		switch {
+		case err == nil:
+			continue // chunk full: there may be more
+		case err == io.EOF:
+			h.Sum(b.sum[:0])
+			return nil
+		}
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return fmt.Errorf("%w: %w", ErrBodyTooLarge, err)
+		}
+		return fmt.Errorf("%w: %w", ErrReadBody, err)
+	}
+}
+
+// fill reads from r until buf is full or r fails; io.EOF marks the body's
+// end, and any other error a failed read.
+func fill(r io.Reader, buf []byte) (n int, err error) {
+	for n < len(buf) && err == nil {
+		var m int
+		m, err = r.Read(buf[n:])
+		n += m
+	}
+	return n, err
+}
+
+func getChunk(class int, size int64) []byte {
+	if class >= 0 {
+		if c, ok := chunkPools[class].Get().(*[]byte); ok {
+			return (*c)[:size]
+		}
+	}
+	return make([]byte, size)
+}
+
+// bytes returns the body in one slice, frees the chunks and releases the
+// charge. A body that fit one chunk sized by Content-Length is returned
+// without a copy.
+func (b *body) bytes(v *Verifier) []byte {
+	var out []byte
+	switch {
+	case len(b.chunks) == 0:
+		out = []byte{}
+	case len(b.chunks) == 1 && b.pooled[0] < 0:
+		out = b.chunks[0]
+		b.chunks[0] = nil
+	default:
+		out = make([]byte, 0, b.n)
+		for _, c := range b.chunks {
+			out = append(out, c...)
+		}
+	}
+	b.free(v)
+	return out
+}
+
+// free returns the chunks to their pools and releases the charge.
+func (b *body) free(v *Verifier) {
+	for i, c := range b.chunks {
+		if class := b.pooled[i]; class >= 0 && c != nil {
+			c = c[:cap(c)]
+			chunkPools[class].Put(&c)
+		}
+		b.chunks[i] = nil
+	}
+	v.budget.give(b.charged)
+	b.charged = 0
+}
