@@ -180,7 +180,7 @@ func TestBodyBudgetBounds(t *testing.T) {
 		{[]Option{WithBodyBudget(0)}, 64 << 20},
 		{[]Option{WithBodyBudget(-5)}, 64 << 20},
 		{[]Option{WithMaxBodySize(1 << 20), WithBodyBudget(8 << 20)}, 8 << 20},
-		{[]Option{WithMaxBodySize(100 << 20)}, 200 << 20},                         // twice the limit
+		{[]Option{WithMaxBodySize(100 << 20)}, 200 << 20},                            // twice the limit
 		{[]Option{WithMaxBodySize(30 << 20), WithBodyBudget(1)}, (30<<20+1)*4/3 + 1}, // one largest body fits
 	} {
 		if got := NewVerifier(tt.opts...).budget.max; got != tt.want {
