@@ -2,7 +2,11 @@ module github.com/falwebhook/falwebhook
 
 go 1.25.0
 
-require github.com/lestrrat-go/jwx/v2 v2.1.7
+require (
+	filippo.io/edwards25519 v1.2.0
+	github.com/lestrrat-go/jwx/v2 v2.1.7
+	github.com/oasisprotocol/curve25519-voi v0.0.0-20230904125328-1f23a7beb09a
+)
 
 require (
 	github.com/decred/dcrd/dcrec/secp256k1/v4 v4.4.1 // indirect
