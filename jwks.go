@@ -12,11 +12,13 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/falwebhook/falwebhook/internal/edkey"
 	"github.com/lestrrat-go/jwx/v2/jwa"
 	"github.com/lestrrat-go/jwx/v2/jwk"
 )
@@ -48,27 +50,41 @@ var (
 	ErrMalformedJWKS = errors.New("falwebhook: malformed JWKS")
 )
 
+// maxKeys is the most usable keys a key set may hold. A forged delivery
+// costs one verification per key, so the number is bounded; a JWKS with
+// more is refused as malformed and the last good keys keep serving.
+const maxKeys = 64
+
 // ParseJWKS returns the usable Ed25519 public keys of a JWKS document.
 //
-// A usable key has "kty":"OKP", "crv":"Ed25519" and an "x" that decodes
-// (base64url, padded or not) to exactly 32 bytes; a "use" other than "sig",
-// an "alg" other than "EdDSA" or "Ed25519", "key_ops" without "verify", or a
-// private part "d" make it unusable. Unusable entries are skipped, never
-// fatal; duplicates are returned once. The result has fresh copies of the
-// keys.
+// The document must be one JSON object with a "keys" member holding an
+// array; member names match exactly (case-sensitively), and a member name
+// given twice, at the top level or in an entry, makes the document
+// malformed rather than letting the first or the last win. Each entry is a
+// usable key when it has "kty":"OKP", "crv":"Ed25519" and an "x" that
+// decodes (base64url, padded or not) to a 32-byte public key that is
+// neither of small order nor non-canonically encoded (such keys verify
+// forgeries); a "use" other than "sig", an "alg" other than "EdDSA" or
+// "Ed25519", "key_ops" without "verify", a private part "d", or any of
+// these members of the wrong JSON type make it unusable. Members it does
+// not use, such as "kid", are ignored whatever their type. Unusable entries
+// are skipped, never fatal; duplicates are returned once. The result has
+// fresh copies of the keys.
 //
-// It returns an error wrapping ErrMalformedJWKS when data is not a JSON
-// object with a "keys" array, and ErrNoUsableKeys when no entry is usable.
+// It returns an error wrapping ErrMalformedJWKS for a malformed document or
+// one with more than 64 usable keys, and ErrNoUsableKeys when no entry is
+// usable.
 func ParseJWKS(data []byte) (keys []ed25519.PublicKey, err error) {
-	var doc map[string]json.RawMessage
-	if err := json.Unmarshal(data, &doc); err != nil {
+	doc, err := jsonObject(data)
+	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrMalformedJWKS, err)
 	}
 	raw, ok := doc["keys"]
 	if !ok {
 		return nil, fmt.Errorf("%w: no \"keys\" member", ErrMalformedJWKS)
 	}
-	if raw = bytes.TrimSpace(raw); len(raw) == 0 || raw[0] != '[' {
+	var entries []json.RawMessage
+	if raw[0] != '[' || json.Unmarshal(raw, &entries) != nil {
 		return nil, fmt.Errorf("%w: \"keys\" is not an array", ErrMalformedJWKS)
 	}
 
@@ -79,68 +95,114 @@ func ParseJWKS(data []byte) (keys []ed25519.PublicKey, err error) {
 			keys, err = nil, fmt.Errorf("%w: parser panic: %v", ErrMalformedJWKS, r)
 		}
 	}()
-	set, err := jwk.Parse(data, jwk.WithIgnoreParseError(true))
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrMalformedJWKS, err)
-	}
-	entries := set.Len()
-	for i := 0; i < entries; i++ {
-		k, ok := set.Key(i)
-		if !ok {
+	for i, e := range entries {
+		if e[0] != '{' {
+			continue // not a key at all
+		}
+		members, err := jsonObject(e)
+		if err != nil {
+			return nil, fmt.Errorf("%w: entry %d: %w", ErrMalformedJWKS, i, err)
+		}
+		pub, ok := usableKey(members)
+		if !ok || slices.ContainsFunc(keys, func(k ed25519.PublicKey) bool { return k.Equal(pub) }) {
 			continue
 		}
-		pub, ok := usableKey(k)
-		if !ok || containsKey(keys, pub) {
+		if edkey.Check(pub) != nil { // small order or non-canonical: it would verify forgeries
 			continue
+		}
+		if len(keys) == maxKeys {
+			return nil, fmt.Errorf("%w: more than %d usable keys", ErrMalformedJWKS, maxKeys)
 		}
 		keys = append(keys, pub)
 	}
 	if len(keys) == 0 {
-		return nil, fmt.Errorf("%w: none of %d parsed JWKS entries is an Ed25519 signing key", ErrNoUsableKeys, entries)
+		return nil, fmt.Errorf("%w: none of the %d JWKS entries is a usable Ed25519 signing key", ErrNoUsableKeys, len(entries))
 	}
 	return keys, nil
 }
 
-// usableKey applies the key rules of ParseJWKS to one parsed entry.
-func usableKey(k jwk.Key) (ed25519.PublicKey, bool) {
-	okp, ok := k.(jwk.OKPPublicKey) // private keys are a different type
+// jsonObject decodes data, which must be exactly one JSON object, into its
+// members, refusing a member name given twice.
+func jsonObject(data []byte) (map[string]json.RawMessage, error) {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return nil, errors.New("not a JSON object")
+	}
+	members := make(map[string]json.RawMessage)
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return nil, err
+		}
+		name := t.(string) // dec.Token checks that object keys are strings
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return nil, err
+		}
+		if _, dup := members[name]; dup {
+			return nil, fmt.Errorf("member %q given twice", name)
+		}
+		members[name] = v
+	}
+	if _, err := dec.Token(); err != nil { // the closing '}'
+		return nil, err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, errors.New("data after the JSON object")
+	}
+	return members, nil
+}
+
+// usableKey applies the key rules of ParseJWKS to one entry's members.
+func usableKey(m map[string]json.RawMessage) (ed25519.PublicKey, bool) {
+	str := func(name string) (string, bool) {
+		var s string
+		return s, json.Unmarshal(m[name], &s) == nil
+	}
+	if kty, ok := str("kty"); !ok || kty != "OKP" {
+		return nil, false
+	}
+	if crv, ok := str("crv"); !ok || crv != "Ed25519" {
+		return nil, false
+	}
+	if _, hasD := m["d"]; hasD {
+		return nil, false
+	}
+	if _, has := m["use"]; has {
+		if use, ok := str("use"); !ok || use != "sig" {
+			return nil, false
+		}
+	}
+	if _, has := m["alg"]; has {
+		if alg, ok := str("alg"); !ok || alg != "EdDSA" && alg != "Ed25519" {
+			return nil, false
+		}
+	}
+	if raw, has := m["key_ops"]; has { // "key_ops":[] has no "verify" either
+		var ops []string
+		if json.Unmarshal(raw, &ops) != nil || !slices.Contains(ops, "verify") {
+			return nil, false
+		}
+	}
+	x, ok := m["x"]
+	if !ok || x[0] != '"' {
+		return nil, false
+	}
+	// jwx decodes x (base64url, padded or not) from an entry holding only
+	// the members checked above.
+	k, err := jwk.ParseKey([]byte(`{"kty":"OKP","crv":"Ed25519","x":` + string(x) + `}`))
+	if err != nil {
+		return nil, false
+	}
+	okp, ok := k.(jwk.OKPPublicKey)
 	if !ok || okp.Crv() != jwa.Ed25519 {
 		return nil, false
 	}
-	if _, hasD := okp.Get("d"); hasD {
+	pub := okp.X()
+	if len(pub) != ed25519.PublicKeySize {
 		return nil, false
 	}
-	if use := okp.KeyUsage(); use != "" && use != "sig" {
-		return nil, false
-	}
-	if alg := okp.Algorithm(); alg != nil {
-		if s := alg.String(); s != "" && s != "EdDSA" && s != "Ed25519" {
-			return nil, false
-		}
-	}
-	if _, hasOps := okp.Get(jwk.KeyOpsKey); hasOps { // "key_ops":[] has no "verify" either
-		verify := false
-		for _, op := range okp.KeyOps() {
-			verify = verify || op == jwk.KeyOpVerify
-		}
-		if !verify {
-			return nil, false
-		}
-	}
-	x := okp.X()
-	if len(x) != ed25519.PublicKeySize {
-		return nil, false
-	}
-	return ed25519.PublicKey(bytes.Clone(x)), true // X shares jwx's buffer
-}
-
-func containsKey(keys []ed25519.PublicKey, k ed25519.PublicKey) bool {
-	for _, have := range keys {
-		if have.Equal(k) {
-			return true
-		}
-	}
-	return false
+	return ed25519.PublicKey(bytes.Clone(pub)), true // X shares jwx's buffer
 }
 
 // A JWKS is a KeySource that fetches a JWKS document over HTTPS and caches

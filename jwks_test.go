@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -13,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/falwebhook/falwebhook/faltest"
 )
 
 // Helpers in this file are prefixed with jwks so they cannot collide with
@@ -296,6 +299,11 @@ func TestParseJWKSMalformed(t *testing.T) {
 		{"trailing garbage", string(jwksDoc(jwksEntry(a, ``))) + `x`, ErrMalformedJWKS},
 		{"two documents", string(jwksDoc(jwksEntry(a, ``))) + `{}`, ErrMalformedJWKS},
 		{"HTML", `<html><body>502 Bad Gateway</body></html>`, ErrMalformedJWKS},
+		{"keys given twice", `{"keys":[` + jwksEntry(a, ``) + `],"keys":[]}`, ErrMalformedJWKS},
+		{"keys given twice, the good one last", `{"keys":[],"keys":[` + jwksEntry(a, ``) + `]}`, ErrMalformedJWKS},
+		{"another member given twice", `{"keys":[` + jwksEntry(a, ``) + `],"x":1,"x":2}`, ErrMalformedJWKS},
+		{"x given twice in an entry", `{"keys":[` + jwksEntry(a, `,"x":"`+a+`"`) + `]}`, ErrMalformedJWKS},
+		{"kty given twice in an entry", `{"keys":[` + jwksEntry(a, `,"kty":"RSA"`) + `]}`, ErrMalformedJWKS},
 		{"keys empty", `{"keys":[]}`, ErrNoUsableKeys},
 		{"keys of non-objects", `{"keys":[1,"a",null,[],true]}`, ErrNoUsableKeys},
 	}
@@ -360,3 +368,103 @@ func FuzzParseJWKS(f *testing.F) {
 }
 
 // The cache.
+
+// weakKeys are public keys, in hex, that crypto/ed25519 accepts but that
+// must not be trusted: small-order points (with the identity, R = base
+// point and S = 1 verify every message) and non-canonical encodings.
+var weakKeys = map[string]string{
+	"identity":                    "0100000000000000000000000000000000000000000000000000000000000000",
+	"all zero (order 4)":          "0000000000000000000000000000000000000000000000000000000000000000",
+	"order 2":                     "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+	"order 8":                     "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+	"identity, sign bit set":      "0100000000000000000000000000000000000000000000000000000000000080",
+	"identity as y = p+1":         "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+	"y = p+3, not of small order": "f0ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+}
+
+func TestParseJWKSSkipsWeakKeys(t *testing.T) {
+	good := loadGolden(t).Keys[0]
+	for name, h := range weakKeys {
+		t.Run(name, func(t *testing.T) {
+			pub, _ := hex.DecodeString(h)
+			x := base64.RawURLEncoding.EncodeToString(pub)
+			if keys, err := ParseJWKS(jwksDoc(jwksEntry(x, ``))); !errors.Is(err, ErrNoUsableKeys) {
+				t.Fatalf("a JWKS of only the weak key: %d keys, %v; want ErrNoUsableKeys", len(keys), err)
+			}
+			keys, err := ParseJWKS(jwksDoc(jwksEntry(x, ``), jwksEntry(good.X, ``)))
+			if err != nil || len(keys) != 1 || hex.EncodeToString(keys[0]) != good.PublicHex {
+				t.Fatalf("weak key beside a good one: %d keys, %v; want only the good key", len(keys), err)
+			}
+		})
+	}
+}
+
+// TestParseJWKSExactMembers checks that member names match exactly and
+// that members ParseJWKS does not use cannot drop a key.
+func TestParseJWKSExactMembers(t *testing.T) {
+	a := loadGolden(t).Keys[0].X
+	for _, tt := range []struct {
+		name   string
+		entry  string
+		usable bool
+	}{
+		{"numeric kid", jwksEntry(a, `,"kid":42`), true},
+		{"object kid", jwksEntry(a, `,"kid":{"a":1}`), true},
+		{"x5c junk", jwksEntry(a, `,"x5c":7`), true},
+		{"KTY upper-case", `{"KTY":"OKP","crv":"Ed25519","x":"` + a + `"}`, false},
+		{"Crv mixed case", `{"kty":"OKP","Crv":"Ed25519","x":"` + a + `"}`, false},
+		{"X upper-case", `{"kty":"OKP","crv":"Ed25519","X":"` + a + `"}`, false},
+		{"kty okp lower-case", `{"kty":"okp","crv":"Ed25519","x":"` + a + `"}`, false},
+		{"x a number", `{"kty":"OKP","crv":"Ed25519","x":12}`, false},
+		{"use a number", jwksEntry(a, `,"use":1`), false},
+		{"alg a number", jwksEntry(a, `,"alg":1`), false},
+		{"key_ops a string", jwksEntry(a, `,"key_ops":"verify"`), false},
+		{"USE upper-case is just another member", jwksEntry(a, `,"USE":"enc"`), true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			keys, err := ParseJWKS(jwksDoc(tt.entry))
+			if tt.usable && (err != nil || len(keys) != 1) {
+				t.Fatalf("usable entry rejected: %d keys, %v", len(keys), err)
+			}
+			if !tt.usable && !errors.Is(err, ErrNoUsableKeys) {
+				t.Fatalf("unusable entry taken: %d keys, %v", len(keys), err)
+			}
+		})
+	}
+}
+
+// TestParseJWKSKeyCap checks the bound on usable keys: a forged delivery
+// costs one verification per key.
+func TestParseJWKSKeyCap(t *testing.T) {
+	entries := func(n int) []string {
+		var e []string
+		for i := range n {
+			pub := faltest.SignerFromName(fmt.Sprint("cap-", i)).PublicKey()
+			e = append(e, jwksEntry(base64.RawURLEncoding.EncodeToString(pub), ``))
+		}
+		return e
+	}
+	if keys, err := ParseJWKS(jwksDoc(entries(64)...)); err != nil || len(keys) != 64 {
+		t.Fatalf("64 keys: %d, %v; want all 64", len(keys), err)
+	}
+	if _, err := ParseJWKS(jwksDoc(entries(65)...)); !errors.Is(err, ErrMalformedJWKS) {
+		t.Fatalf("65 keys: %v, want ErrMalformedJWKS", err)
+	}
+	// Duplicates do not count: the same key 1000 times is one key.
+	same := entries(1)
+	var many []string
+	for range 1000 {
+		many = append(many, same[0])
+	}
+	if keys, err := ParseJWKS(jwksDoc(many...)); err != nil || len(keys) != 1 {
+		t.Fatalf("one key 1000 times: %d keys, %v; want 1", len(keys), err)
+	}
+	// Static keys keep the first 64.
+	var pubs []ed25519.PublicKey
+	for i := range 70 {
+		pubs = append(pubs, faltest.SignerFromName(fmt.Sprint("cap-", i)).PublicKey())
+	}
+	if n := len(StaticKeys(pubs...).(*staticKeys).set.keys); n != 64 {
+		t.Errorf("StaticKeys of 70 keys kept %d, want 64", n)
+	}
+}

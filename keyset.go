@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"slices"
 	"sync/atomic"
+
+	"github.com/falwebhook/falwebhook/internal/edkey"
 )
 
 // keySet is an immutable list of usable keys, prepared once: by StaticKeys,
@@ -18,29 +20,27 @@ type keySet struct {
 	last atomic.Int32
 }
 
-// newKeySet returns the set of the usable keys among pubs, each once and
-// copied: 32 bytes long.
+// newKeySet returns the set of the usable keys among pubs, each once:
+// 32 bytes long, not of small order, canonically encoded (see
+// internal/edkey), at most maxKeys of them.
 func newKeySet(pubs []ed25519.PublicKey) *keySet {
 	s := &keySet{}
-	var seen []ed25519.PublicKey
+	var seen []*edkey.PublicKey
 	for _, p := range pubs {
-		if len(p) == ed25519.PublicKeySize && !slices.ContainsFunc(seen, func(q ed25519.PublicKey) bool { return q.Equal(p) }) {
-			seen = append(seen, p)
-			s.keys = append(s.keys, stdKey(append([]byte(nil), p...)))
+		k, err := edkey.New(p)
+		if err != nil || len(seen) == maxKeys || slices.ContainsFunc(seen, k.Equal) {
+			continue
 		}
+		seen = append(seen, k)
+		s.keys = append(s.keys, k)
 	}
 	return s
 }
 
-// keyVerifier is one prepared key.
+// keyVerifier is one prepared key: an *edkey.PublicKey, or a test's fake.
 type keyVerifier interface {
 	Verify(msg, sig []byte) bool
 }
-
-// stdKey verifies with crypto/ed25519.
-type stdKey ed25519.PublicKey
-
-func (k stdKey) Verify(msg, sig []byte) bool { return ed25519.Verify(ed25519.PublicKey(k), msg, sig) }
 
 // verify reports whether a key of the set verifies sig over msg, trying the
 // last key that did first.
@@ -80,9 +80,12 @@ type KeySource interface {
 	VerifySignature(ctx context.Context, msg, sig []byte) error
 }
 
-// StaticKeys returns a KeySource of fixed keys. Keys that are not
-// ed25519.PublicKeySize bytes long are skipped; with no usable key every
-// verification, and Refresh, fail with ErrNoUsableKeys. The keys are copied.
+// StaticKeys returns a KeySource of fixed keys. Unusable keys are skipped:
+// those not ed25519.PublicKeySize bytes long, and weak keys that would
+// verify forgeries (of small order, or not canonically encoded); only the
+// first 64 usable keys are kept. With no usable key every verification,
+// and Refresh, fail with ErrNoUsableKeys. The keys are copied and prepared
+// once.
 func StaticKeys(keys ...ed25519.PublicKey) KeySource {
 	sk := &staticKeys{set: newKeySet(keys)}
 	if len(sk.set.keys) == 0 {

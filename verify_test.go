@@ -354,6 +354,50 @@ func TestKeySources(t *testing.T) {
 	}
 }
 
+// TestWeakKeysNeverVerify checks the forgery that weak keys allow: with
+// the identity point as a key, R = base point and S = 1 verify any message
+// under crypto/ed25519. Such keys are unusable, as static keys and from a
+// JWKS alike.
+func TestWeakKeysNeverVerify(t *testing.T) {
+	identity := make(ed25519.PublicKey, 32)
+	identity[0] = 1
+	forgery, _ := hex.DecodeString("5866666666666666666666666666666666666666666666666666666666666666" +
+		"0100000000000000000000000000000000000000000000000000000000000000")
+	h := http.Header{}
+	h.Set(HeaderRequestID, "req-1")
+	h.Set(HeaderUserID, "user-1")
+	h.Set(HeaderTimestamp, fmt.Sprint(t0.Unix()))
+	h.Set(HeaderSignature, hex.EncodeToString(forgery))
+	body := []byte(testBody)
+	hs, _ := ParseHeaders(h)
+	if !ed25519.Verify(identity, hs.AppendMessage(nil, body), forgery) {
+		t.Fatal("crypto/ed25519 no longer accepts the identity-key forgery; the test needs a new example")
+	}
+
+	good := faltest.SignerFromName("verify-a")
+	for _, tt := range []struct {
+		name string
+		keys []ed25519.PublicKey
+		want error
+	}{
+		{"identity key alone", []ed25519.PublicKey{identity}, ErrNoUsableKeys},
+		{"identity key beside a good one", []ed25519.PublicKey{identity, good.PublicKey()}, ErrSignatureMismatch},
+	} {
+		v := NewVerifier(WithKeys(StaticKeys(tt.keys...)), WithClock(fixedClock(t0)))
+		if _, err := v.Verify(context.Background(), h, body); !errors.Is(err, tt.want) {
+			t.Errorf("%s: forged delivery got %v, want %v", tt.name, err, tt.want)
+		}
+	}
+
+	ks := faltest.NewKeyServer()
+	defer ks.Close()
+	ks.SetDocument([]byte(`{"keys":[{"kty":"OKP","crv":"Ed25519","x":"`+base64.RawURLEncoding.EncodeToString(identity)+`"}]}`), "application/json")
+	v := NewVerifier(WithKeys(&JWKS{URL: ks.URL, Clock: fixedClock(t0)}), WithClock(fixedClock(t0)))
+	if _, err := v.Verify(context.Background(), h, body); !errors.Is(err, ErrNoUsableKeys) || !errors.Is(err, ErrKeysUnavailable) {
+		t.Errorf("a JWKS of the identity key: forged delivery got %v, want ErrKeysUnavailable wrapping ErrNoUsableKeys", err)
+	}
+}
+
 // TestStaticKeysCopies checks that a caller changing its key afterwards
 // changes nothing.
 func TestStaticKeysCopies(t *testing.T) {

@@ -59,11 +59,8 @@ type PublicKey struct {
 //
 // On the expanded path, a PublicKey holds about 1.5 KiB.
 func New(pub []byte) (*PublicKey, error) {
-	if len(pub) != ed25519.PublicKeySize {
-		return nil, fmt.Errorf("%w: %w: %d bytes, want %d", ErrWeakKey, errLength, len(pub), ed25519.PublicKeySize)
-	}
-	if err := check(pub); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrWeakKey, err)
+	if err := Check(pub); err != nil {
+		return nil, err
 	}
 	k := &PublicKey{}
 	copy(k.pub[:], pub)
@@ -73,6 +70,18 @@ func New(pub []byte) (*PublicKey, error) {
 		k.x, _ = expand(k.pub[:])
 	}
 	return k, nil
+}
+
+// Check reports, as New does, why pub must not be used, without preparing
+// it: it is cheaper than New where the key is not kept.
+func Check(pub []byte) error {
+	if len(pub) != ed25519.PublicKeySize {
+		return fmt.Errorf("%w: %w: %d bytes, want %d", ErrWeakKey, errLength, len(pub), ed25519.PublicKeySize)
+	}
+	if err := check(pub); err != nil {
+		return fmt.Errorf("%w: %w", ErrWeakKey, err)
+	}
+	return nil
 }
 
 // check reports why the 32-byte pub must not be used, or nil. It decodes pub
