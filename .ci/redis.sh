@@ -4,10 +4,12 @@
 # Installs redis-server when it is absent (Debian's package), starts one on
 # 127.0.0.1 on a free port without persistence, waits for PONG, exports
 # FALWEBHOOK_REDIS_ADDR, runs `go test -race ./...` in redisdedupe/ and
-# stops the server, whatever the outcome. Run it from the repository root;
-# under CI=true the tests fail, rather than skip, when Redis is unreachable.
+# stops the server, whatever the outcome. Arguments are passed on to go test.
+# Run it from the repository root; under CI=true the tests fail, rather than
+# skip, when Redis is unreachable.
 #
 #	CI=true bash .ci/redis.sh
+#	bash .ci/redis.sh -count=3 -run TestLostReplies
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -61,4 +63,4 @@ fi
 echo "redis.sh: redis-server $(redis-server --version | awk '{print $3}') on 127.0.0.1:$port" >&2
 
 export FALWEBHOOK_REDIS_ADDR="127.0.0.1:$port"
-(cd redisdedupe && go test -race -count=1 ./...)
+(cd redisdedupe && go test -race -count=1 "$@" ./...)

@@ -16,7 +16,7 @@ import (
 	"github.com/falwebhook/falwebhook/redisdedupe"
 )
 
-// The Redis cost of a delivery is one round trip to claim it (SET NX PX)
+// The Redis cost of a delivery is one round trip to claim it (EVALSHA)
 // and one to complete it (EVALSHA), against the Redis at
 // FALWEBHOOK_REDIS_ADDR:
 //

@@ -14,10 +14,13 @@ import (
 // each delivery's handler runs once between them.
 func Example() {
 	rdb := redis.NewClient(&redis.Options{
-		Addr:         "127.0.0.1:6379",
-		DialTimeout:  time.Second, // a Redis outage becomes a quick 503, and fal retries
-		ReadTimeout:  time.Second,
-		WriteTimeout: time.Second,
+		Addr:                  "127.0.0.1:6379",
+		DialTimeout:           time.Second, // a Redis outage becomes a 503 within about 3 s, and fal retries
+		ReadTimeout:           time.Second, // WriteTimeout follows it
+		PoolTimeout:           time.Second,
+		MaxRetries:            2, // safe: the store's operations report what a lost first attempt did
+		DialerRetries:         1,
+		ContextTimeoutEnabled: true,
 	})
 	v := falwebhook.NewVerifier(
 		falwebhook.WithDedupe(&falwebhook.Dedupe{

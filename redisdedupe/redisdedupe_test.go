@@ -76,25 +76,19 @@ func testPrefix(tb testing.TB, c redis.UniversalClient) string {
 	return p
 }
 
-// claimed is a Claim's result.
-type claimed struct {
-	State falwebhook.ClaimState
-	Token string
-}
-
-func mustClaim(t *testing.T, s *redisdedupe.Store, id string, lease time.Duration, want falwebhook.ClaimState) claimed {
+func mustClaim(t *testing.T, s *redisdedupe.Store, id string, lease time.Duration, want falwebhook.ClaimState) redisdedupe.Claimed {
 	t.Helper()
-	state, token, err := s.Claim(context.Background(), id, lease)
+	res, err := s.ClaimResult(context.Background(), id, lease)
 	if err != nil {
 		t.Fatalf("Claim(%q): %v", id, err)
 	}
-	if state != want {
-		t.Fatalf("Claim(%q) = %d, want %d", id, state, want)
+	if res.State != want {
+		t.Fatalf("Claim(%q) = %d, want %d", id, res.State, want)
 	}
-	if (token != "") != (want == falwebhook.ClaimAcquired) {
-		t.Fatalf("Claim(%q) = %d with token %q: a token must come with, and only with, an acquired claim", id, state, token)
+	if (res.Token != "") != (want == falwebhook.ClaimAcquired) {
+		t.Fatalf("Claim(%q) = %d with token %q: a token must come with, and only with, an acquired claim", id, res.State, res.Token)
 	}
-	return claimed{state, token}
+	return res
 }
 
 // expire makes the key's lease run out now, as if the lease had passed.
@@ -140,8 +134,8 @@ func TestStoreLifecycle(t *testing.T) {
 	if err := s.Complete(ctx, "a", claim.Token, time.Hour); err != nil {
 		t.Fatalf("Complete by the owner: %v", err)
 	}
-	if v := c.Get(ctx, key).Val(); v != "done" {
-		t.Fatalf("completed key holds %q, want done", v)
+	if v := c.Get(ctx, key).Val(); v != "done:"+claim.Token {
+		t.Fatalf("completed key holds %q, want done:<token>", v)
 	}
 	if ttl := c.PTTL(ctx, key).Val(); ttl <= time.Minute || ttl > time.Hour {
 		t.Fatalf("completed key's TTL %s, want the TTL (1h)", ttl)
@@ -173,8 +167,8 @@ func TestStoreRelease(t *testing.T) {
 	if err := s.Complete(ctx, "a", claim.Token, time.Hour); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Release(ctx, "a", claim.Token); !errors.Is(err, falwebhook.ErrClaimLost) {
-		t.Fatalf("Release of a completed key = %v, want ErrClaimLost", err)
+	if err := s.Release(ctx, "a", "not-the-token"); !errors.Is(err, falwebhook.ErrClaimLost) {
+		t.Fatalf("Release of a key completed by another claim = %v, want ErrClaimLost", err)
 	}
 	mustClaim(t, s, "a", time.Minute, falwebhook.ClaimCompleted)
 }
@@ -213,10 +207,126 @@ func TestStoreLeaseExpiry(t *testing.T) {
 func TestStoreForeignValue(t *testing.T) {
 	c := connect(t)
 	s := redisdedupe.New(c, redisdedupe.WithPrefix(testPrefix(t, c)))
-	c.Set(context.Background(), s.Key("a"), "something else", time.Minute)
-	if _, _, err := s.Claim(context.Background(), "a", time.Minute); err == nil || !strings.Contains(err.Error(), "not a dedupe record") {
-		t.Fatalf("Claim over a foreign value = %v, want an error", err)
+	ctx := context.Background()
+	for _, v := range []string{"something else", "done-ish", "inprogress", "DONE:x", ""} {
+		c.Set(ctx, s.Key("a"), v, time.Minute)
+		if _, err := s.ClaimResult(ctx, "a", time.Minute); err == nil || !strings.Contains(err.Error(), "not a dedupe record") {
+			t.Errorf("Claim over the foreign value %q = %v, want a not-a-dedupe-record error", v, err)
+		}
+		for op, err := range map[string]error{
+			"Complete": s.Complete(ctx, "a", "tok", time.Hour),
+			"Release":  s.Release(ctx, "a", "tok"),
+		} {
+			if err == nil || errors.Is(err, falwebhook.ErrClaimLost) || !strings.Contains(err.Error(), "not a dedupe record") {
+				t.Errorf("%s over the foreign value %q = %v, want a not-a-dedupe-record error, not ErrClaimLost", op, v, err)
+			}
+		}
+		if got := c.Get(ctx, s.Key("a")).Val(); got != v {
+			t.Errorf("the foreign value %q became %q", v, got)
+		}
 	}
+}
+
+// TestStoreClaimRetried sends a claim's attempt again with its token, as
+// go-redis does when it lost the reply of an attempt that went through:
+// the retry finds its own claim and must report it acquired, not in
+// progress.
+func TestStoreClaimRetried(t *testing.T) {
+	c := connect(t)
+	s := redisdedupe.New(c, redisdedupe.WithPrefix(testPrefix(t, c)))
+	ctx := context.Background()
+	for attempt := 1; attempt <= 2; attempt++ {
+		res, err := s.ClaimWithToken(ctx, "a", "T1", time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.State != falwebhook.ClaimAcquired || res.Token != "T1" {
+			t.Fatalf("attempt %d of one claim = %d with token %q, want acquired with T1: the claim is blocked by itself", attempt, res.State, res.Token)
+		}
+	}
+	if v := c.Get(ctx, s.Key("a")).Val(); v != "inprogress:T1" {
+		t.Fatalf("claimed key holds %q, want inprogress:T1", v)
+	}
+	if res, err := s.ClaimWithToken(ctx, "a", "T2", time.Minute); err != nil || res.State != falwebhook.ClaimInProgress || res.Token != "" {
+		t.Fatalf("another claim = %d with token %q, %v; want in-progress without a token", res.State, res.Token, err)
+	}
+	if err := s.Complete(ctx, "a", "T1", time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := s.ClaimWithToken(ctx, "a", "T1", time.Minute); err != nil || res.State != falwebhook.ClaimCompleted {
+		t.Fatalf("the claim's token over its own done record = %d, %v; want completed", res.State, err)
+	}
+}
+
+// TestStoreCompleteRetried runs Complete twice with one token, as go-redis
+// does when it lost the reply of the first: both succeed.
+func TestStoreCompleteRetried(t *testing.T) {
+	c := connect(t)
+	s := redisdedupe.New(c, redisdedupe.WithPrefix(testPrefix(t, c)))
+	ctx := context.Background()
+	key := s.Key("a")
+	claim := mustClaim(t, s, "a", time.Minute, falwebhook.ClaimAcquired)
+	if err := s.Complete(ctx, "a", claim.Token, time.Hour); err != nil {
+		t.Fatalf("Complete: %v", err)
+	}
+	ttl := c.PTTL(ctx, key).Val()
+	if err := s.Complete(ctx, "a", claim.Token, 2*time.Hour); err != nil {
+		t.Fatalf("Complete retried with the claim's own token = %v, want nil: a false claim-lost", err)
+	}
+	if v := c.Get(ctx, key).Val(); v != "done:"+claim.Token {
+		t.Fatalf("completed key holds %q, want done:<token>", v)
+	}
+	if got := c.PTTL(ctx, key).Val(); got > ttl {
+		t.Fatalf("the retried Complete changed the TTL from %s to %s, want it unchanged", ttl, got)
+	}
+	if err := s.Complete(ctx, "a", "not-the-token", time.Hour); !errors.Is(err, falwebhook.ErrClaimLost) {
+		t.Fatalf("Complete with another token after done = %v, want ErrClaimLost", err)
+	}
+
+	// Release after the claim's own Complete: completed, not lost.
+	err := s.Release(ctx, "a", claim.Token)
+	if err == nil || errors.Is(err, falwebhook.ErrClaimLost) || !redisdedupe.IsCompletedByClaim(err) {
+		t.Fatalf("Release of a key completed by the same claim = %v, want the completed-by-this-claim error, not ErrClaimLost", err)
+	}
+	if v := c.Get(ctx, key).Val(); v != "done:"+claim.Token {
+		t.Fatalf("Release changed the completed key to %q", v)
+	}
+	if err := s.Release(ctx, "a", "not-the-token"); !errors.Is(err, falwebhook.ErrClaimLost) || redisdedupe.IsCompletedByClaim(err) {
+		t.Fatalf("Release with another token after done = %v, want ErrClaimLost", err)
+	}
+	mustClaim(t, s, "a", time.Minute, falwebhook.ClaimCompleted)
+}
+
+// TestStoreOlderRecords reads the records versions without tokens in done
+// records wrote, as in a rolling upgrade.
+func TestStoreOlderRecords(t *testing.T) {
+	c := connect(t)
+	s := redisdedupe.New(c, redisdedupe.WithPrefix(testPrefix(t, c)))
+	ctx := context.Background()
+
+	c.Set(ctx, s.Key("done"), "done", time.Hour)
+	mustClaim(t, s, "done", time.Minute, falwebhook.ClaimCompleted)
+	if err := s.Complete(ctx, "done", "tok", time.Hour); !errors.Is(err, falwebhook.ErrClaimLost) {
+		t.Errorf("Complete over an older done = %v, want ErrClaimLost (completed by another claim)", err)
+	}
+	if err := s.Release(ctx, "done", "tok"); !errors.Is(err, falwebhook.ErrClaimLost) || redisdedupe.IsCompletedByClaim(err) {
+		t.Errorf("Release over an older done = %v, want ErrClaimLost", err)
+	}
+	if v := c.Get(ctx, s.Key("done")).Val(); v != "done" {
+		t.Errorf("an older done became %q", v)
+	}
+
+	// A claim an older version took: in progress to others; its owner,
+	// upgraded meanwhile, completes it with the token.
+	c.Set(ctx, s.Key("claimed"), "inprogress:OLD", time.Minute)
+	mustClaim(t, s, "claimed", time.Minute, falwebhook.ClaimInProgress)
+	if err := s.Complete(ctx, "claimed", "OLD", time.Hour); err != nil {
+		t.Fatalf("Complete of an older claim by its token: %v", err)
+	}
+	if v := c.Get(ctx, s.Key("claimed")).Val(); v != "done:OLD" {
+		t.Fatalf("completed key holds %q, want done:OLD", v)
+	}
+	mustClaim(t, s, "claimed", time.Minute, falwebhook.ClaimCompleted)
 }
 
 func TestStoreConcurrentClaims(t *testing.T) {
@@ -229,12 +339,12 @@ func TestStoreConcurrentClaims(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			state, _, err := stores[i%2].Claim(context.Background(), "same", time.Minute)
+			res, err := stores[i%2].ClaimResult(context.Background(), "same", time.Minute)
 			if err != nil {
 				t.Error(err)
 				return
 			}
-			if state == falwebhook.ClaimAcquired {
+			if res.State == falwebhook.ClaimAcquired {
 				acquired.Add(1)
 			}
 		}()
