@@ -158,3 +158,66 @@ func TestRedisOutage(t *testing.T) {
 	}
 	f.wantCalls(calls)
 }
+
+// TestRedisStallDuringHandler pauses Redis while a handler runs, as in a
+// failover or a long fork: the handler's answer goes out at once, the
+// Complete that fails during the stall is retried in the background, and
+// once Redis is back fal's retries, on any replica, are answered as
+// duplicates. The handler runs once.
+func TestRedisStallDuringHandler(t *testing.T) {
+	r := startRedis(t)
+	cs := []redis.UniversalClient{quickClient(t, r), quickClient(t, r), quickClient(t, r)}
+	f := newFleet(t, cs, "falwebhook:dedupe:")
+	entered, release := make(chan struct{}), make(chan struct{})
+	f.handle = func(n int64, _ int, w http.ResponseWriter, _ *http.Request) {
+		close(entered)
+		<-release
+		w.WriteHeader(http.StatusNoContent)
+	}
+	done := make(chan int)
+	go func() { done <- f.deliver(0, "req-1").Code }()
+	<-entered
+	if err := r.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	resumed := false
+	resume := func() {
+		if !resumed {
+			resumed = true
+			if err := r.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	defer resume()
+	close(release)
+	select {
+	case code := <-done:
+		if code != http.StatusNoContent {
+			t.Fatalf("answer %d, want the handler's 204", code)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the handler's answer waited for the stalled Redis")
+	}
+	// Wait (bounded) until the first Complete has failed, then resume.
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(f.replicas[0].logs.String(), "could not complete the delivery") {
+		if time.Now().After(deadline) {
+			t.Fatalf("Complete did not fail during the stall:\n%s", f.replicas[0].logs)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	resume()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := f.replicas[0].d.Shutdown(ctx); err != nil {
+		t.Fatalf("the retried Complete did not land: %v\n%s", err, f.replicas[0].logs)
+	}
+	for i := range f.replicas {
+		f.wantStatus(f.deliver(i, "req-1"), http.StatusOK, "completed")
+	}
+	f.wantCalls(1)
+	if logs := f.replicas[0].logs.String(); strings.Contains(logs, "level=ERROR") {
+		t.Errorf("a recovered stall was logged as an error:\n%s", logs)
+	}
+}
