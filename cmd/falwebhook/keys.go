@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/falwebhook/falwebhook"
 	"github.com/falwebhook/falwebhook/faltest"
@@ -68,6 +69,13 @@ func loadJWKSFile(path string) ([]ed25519.PublicKey, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
+	}
+	if block, _ := pem.Decode(data); block != nil {
+		what := "a PEM " + block.Type
+		if strings.HasSuffix(block.Type, "PRIVATE KEY") {
+			what = "a PEM private key"
+		}
+		return nil, fmt.Errorf("%s looks like %s; --jwks wants a JWKS document (keygen writes one as *.jwks.json)", path, what)
 	}
 	keys, err := falwebhook.ParseJWKS(data)
 	if err != nil {

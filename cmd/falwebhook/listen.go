@@ -85,9 +85,9 @@ func runListen(ctx context.Context, e *env, args []string) int {
 		jwks            = fs.String("jwks", falwebhook.DefaultJWKSURL, "JWKS `URL or file` holding the public keys")
 		jsonOut         = fs.Bool("json", false, "print one JSON object per delivery instead of a text line")
 		forward         = fs.String("forward", "", "pass verified deliveries to the app at `URL` and relay its answer")
-		forwardTimeout  = fs.Duration("forward-timeout", 15*time.Second, "give up on the app after this `duration` (502); fal itself waits 15s")
-		tolerance       = fs.Duration("tolerance", 5*time.Minute, "largest accepted `skew` between a delivery's timestamp and now")
-		shutdownTimeout = fs.Duration("shutdown-timeout", 30*time.Second, "on SIGINT/SIGTERM, wait this `duration` for deliveries in flight")
+		forwardTimeout  = durationVar(fs, "forward-timeout", 15*time.Second, "give up on the app after this `duration` (502); fal itself waits 15s")
+		tolerance       = durationVar(fs, "tolerance", 5*time.Minute, "largest accepted `skew` between a delivery's timestamp and now")
+		shutdownTimeout = durationVar(fs, "shutdown-timeout", 30*time.Second, "on SIGINT/SIGTERM, wait this `duration` for deliveries in flight")
 	)
 	pos, code, ok := parseArgs(fs, args)
 	if !ok {

@@ -38,7 +38,7 @@ func runSend(ctx context.Context, e *env, args []string) int {
 		seedName  = fs.String("seed-name", "", "sign with the dev key derived from `NAME`")
 		requestID = fs.String("request-id", "", "the X-Fal-Webhook-Request-Id `value` (default: the body's request_id)")
 		userID    = fs.String("user-id", faltest.DefaultUserID, "the X-Fal-Webhook-User-Id `value`")
-		timeout   = fs.Duration("timeout", 30*time.Second, "give up waiting for the answer after this `duration`")
+		timeout   = durationVar(fs, "timeout", 30*time.Second, "give up waiting for the answer after this `duration`")
 		at        timeFlag
 	)
 	fs.Var(&at, "time", "sign as of this `time` (RFC 3339 or Unix seconds; default now)")

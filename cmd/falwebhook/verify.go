@@ -42,7 +42,7 @@ func runVerify(ctx context.Context, e *env, args []string) int {
 		bodyPath  = fs.String("body", "", "the body `FILE` (\"-\" for stdin), with --header instead of a raw request")
 		jwks      = fs.String("jwks", falwebhook.DefaultJWKSURL, "JWKS `URL or file` holding the public keys")
 		now       timeFlag
-		tolerance = fs.Duration("tolerance", 5*time.Minute, "largest accepted `skew` between the timestamp and now")
+		tolerance = durationVar(fs, "tolerance", 5*time.Minute, "largest accepted `skew` between the timestamp and now")
 	)
 	fs.Var(&headers, "header", "a `'Name: value'` header of the delivery (repeatable), with --body")
 	fs.Var(&now, "now", "check the timestamp against this `time` (RFC 3339 or Unix seconds) instead of the clock")
