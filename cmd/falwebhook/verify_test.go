@@ -165,7 +165,7 @@ func TestVerify(t *testing.T) {
 			name: "chunked LF-only capture",
 			args: []string{"--jwks", jwks, "--now", now, chunkedLF},
 			code: exitOK,
-			want: []string{"chunked body decoded: 426 bytes", "VALID"},
+			want: []string{"chunked body with bare-LF line ends decoded leniently: 426 bytes", "VALID"},
 		},
 		{
 			name:  "capture on stdin",
@@ -263,23 +263,30 @@ func dropLine(raw []byte, name string) []byte {
 	return []byte(strings.Join(out, ""))
 }
 
+// TestParseRawRequest covers both readers: http.ReadRequest for what it
+// reads, and the lenient fallback (whose notes say "leniently" or "no
+// Content-Length") only for what it cannot.
 func TestParseRawRequest(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
 		in       string
 		body     string
 		note     string
+		lenient  bool // the fallback must be used, and only then
 		wantFail bool
 	}{
 		{name: "content-length", in: "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc", body: "abc"},
+		{name: "content-length, bare LF headers", in: "POST / HTTP/1.1\nContent-Length: 4\n\nab\nc", body: "ab\nc", note: "bare LF"},
 		{name: "leading blank line", in: "\r\nPOST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc", body: "abc"},
-		{name: "truncated", in: "POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nabc", body: "abc", note: "shorter than Content-Length"},
+		{name: "truncated", in: "POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nabc", body: "abc", note: "shorter than Content-Length: 3 of 5 bytes (truncated capture?)"},
+		{name: "truncated, Expect", in: "POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n", body: "", note: "100 Continue"},
 		{name: "trailing bytes", in: "POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nabc", body: "ab", note: "1 bytes after the body"},
 		{name: "HTTP/2 request line", in: "POST /x HTTP/2\ncontent-length: 3\n\nabc", body: "abc", note: "HTTP/2: read as HTTP/1.1 text\nlines end in a bare LF"},
-		{name: "HTTP/3 request line only", in: "POST /x HTTP/3\r\n\r\n", body: ""},
-		{name: "no length", in: "POST / HTTP/1.1\nHost: x\n\nabc\n", body: "abc\n", note: "no Content-Length"},
-		{name: "chunked with extension and trailer", in: "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2;x=y\r\nab\r\n1\r\nc\r\n0\r\nT: v\r\n\r\n", body: "abc"},
-		{name: "chunked body with newlines", in: "POST / HTTP/1.1\nTransfer-Encoding: chunked\n\n3\na\nb\n0\n\n", body: "a\nb"},
+		{name: "HTTP/3 request line only", in: "POST /x HTTP/3\r\n\r\n", body: "", note: "HTTP/3"},
+		{name: "no length", in: "POST / HTTP/1.1\nHost: x\n\nabc\n", body: "abc\n", note: "no Content-Length", lenient: true},
+		{name: "chunked with extension and trailer", in: "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2;x=y\r\nab\r\n1\r\nc\r\n0\r\nT: v\r\n\r\n", body: "abc", note: "chunked body decoded: 3 bytes from 28"},
+		{name: "chunked, bare LF", in: "POST / HTTP/1.1\nTransfer-Encoding: chunked\n\n3\na\nb\n0\n\n", body: "a\nb", note: "bare-LF line ends decoded leniently: 3 bytes from 9", lenient: true},
+		{name: "chunked, bare LF, trailing bytes", in: "POST / HTTP/1.1\nTransfer-Encoding: chunked\n\n1\na\n0\n\nxyz", body: "a", note: "3 bytes after the body", lenient: true},
 		{name: "bad chunk size", in: "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", wantFail: true},
 		{name: "truncated chunk", in: "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nabc", wantFail: true},
 		{name: "no blank line", in: "POST / HTTP/1.1\r\nHost: x\r\n", wantFail: true},
@@ -300,8 +307,12 @@ func TestParseRawRequest(t *testing.T) {
 			if string(c.body) != tc.body {
 				t.Errorf("body %q, want %q", c.body, tc.body)
 			}
+			notes := strings.Join(c.notes, "\n")
 			if tc.note != "" {
-				wantContains(t, "notes", strings.Join(c.notes, "\n"), tc.note)
+				wantContains(t, "notes", notes, tc.note)
+			}
+			if lenient := strings.Contains(notes, "leniently") || strings.Contains(notes, "no Content-Length"); lenient != tc.lenient {
+				t.Errorf("lenient fallback used: %v, want %v; notes:\n%s", lenient, tc.lenient, notes)
 			}
 		})
 	}
