@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -345,7 +346,7 @@ func (rc *receiver) log(r *http.Request, status int, rec *record) {
 		Method:    r.Method,
 		Path:      r.URL.Path,
 		Status:    status,
-		RequestID: oneLine(r.Header.Get(falwebhook.HeaderRequestID), 100),
+		RequestID: strings.Trim(strconv.Quote(r.Header.Get(falwebhook.HeaderRequestID)), `"`),
 		Verdict:   "accepted",
 	}
 	if rec.ev != nil {
@@ -369,11 +370,11 @@ func (rc *receiver) log(r *http.Request, status int, rec *record) {
 	verdict := l.Verdict
 	switch {
 	case rec.err != nil:
-		verdict += ": " + strings.TrimPrefix(oneLine(l.Error, 300), "falwebhook: ")
+		verdict += ": " + strings.TrimPrefix(l.Error, "falwebhook: ")
 	case rec.forwarding && rec.fwdErr != nil && rec.fwdStatus == 0:
-		verdict += ", forward failed: " + oneLine(l.ForwardError, 300)
+		verdict += ", forward failed: " + l.ForwardError
 	case rec.forwarding && rec.fwdErr != nil:
-		verdict += fmt.Sprintf(", forwarded: app answered %d, relay failed: %s", rec.fwdStatus, oneLine(l.ForwardError, 300))
+		verdict += fmt.Sprintf(", forwarded: app answered %d, relay failed: %s", rec.fwdStatus, l.ForwardError)
 	case rec.forwarding:
 		verdict += fmt.Sprintf(", forwarded: app answered %d", rec.fwdStatus)
 	}

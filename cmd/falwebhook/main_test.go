@@ -73,6 +73,26 @@ func wantContains(t *testing.T, what, s string, subs ...string) {
 	}
 }
 
+// wantNoRepeats fails the test when a line of out says a phrase of an
+// error twice ("keys unavailable: ... keys unavailable"), or words a
+// count badly ("none of 1 key").
+func wantNoRepeats(t *testing.T, out string) {
+	t.Helper()
+	for _, line := range strings.Split(out, "\n") {
+		for _, phrase := range []string{
+			"falwebhook: ", "keys unavailable", "fetching", "signature mismatch", "unexpected user",
+			"missing header", "malformed header", "timestamp out of range", "not a fal event",
+		} {
+			if strings.Count(line, phrase) > 1 {
+				t.Errorf("%q is said twice in %q", phrase, line)
+			}
+		}
+		if strings.Contains(line, "none of 1 ") || strings.Contains(line, "disagrees") {
+			t.Errorf("badly worded: %q", line)
+		}
+	}
+}
+
 // syncBuffer is a concurrency-safe output buffer whose readers can wait for
 // text to appear, without sleeping.
 type syncBuffer struct {
