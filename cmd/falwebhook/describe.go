@@ -63,6 +63,19 @@ func errText(err error) string {
 	return strings.TrimPrefix(err.Error(), "falwebhook: ")
 }
 
+// errDetail is what err says after the last of the library's sentinels in
+// it, the detail that reason(err) does not already say: "the only key did
+// not verify it", or "fetching JWKS: status 500, want 200" for keys that
+// could not be fetched again.
+func errDetail(err error) string {
+	msg := err.Error()
+	if i := strings.LastIndex(msg, "falwebhook: "); i >= 0 {
+		msg = msg[i+len("falwebhook: "):]
+	}
+	_, detail, _ := strings.Cut(msg, ": ")
+	return detail
+}
+
 // userHint explains an ErrUnexpectedUser rejection: pinning is on, and the
 // delivery is for another user.
 func userHint(userID string, pinned []string) string {
