@@ -352,7 +352,7 @@ func TestListenDedupe(t *testing.T) {
 			}
 			if tc.wantCalls == 1 {
 				if status != http.StatusOK || hdr.Get(falwebhook.HeaderDuplicate) != "completed" {
-					t.Errorf("replay answered %d %q (%s %q), want 200 as a completed duplicate", status, answer, falwebhook.HeaderDuplicate, hdr.Get(falwebhook.HeaderDuplicate))
+					t.Fatalf("replay answered %d %q (%s %q), want 200 as a completed duplicate", status, answer, falwebhook.HeaderDuplicate, hdr.Get(falwebhook.HeaderDuplicate))
 				}
 				out := l.stdout.waitFor(wctx, t, "duplicate")
 				wantContains(t, "log", out, "  200  "+sampleRequestID+"  faltest-user      -      duplicate: already handled; not forwarded again")
@@ -463,6 +463,28 @@ func TestListenJSONAndJWKSURL(t *testing.T) {
 	if n := ks.Fetches(); n != 1 {
 		t.Errorf("JWKS fetched %d times, want 1 (warm-up only)", n)
 	}
+}
+
+// TestListenKeysUnavailable: keys that cannot be fetched are reported at
+// startup and a delivery is answered 503, each said once.
+func TestListenKeysUnavailable(t *testing.T) {
+	fal := faltest.SignerFromName("listen test: fal")
+	ks := faltest.NewKeyServer(fal)
+	defer ks.Close()
+	ks.FailNext(5, http.StatusInternalServerError)
+	l := startListen(t, "--jwks", ks.URL)
+	wctx := waitCtx(t)
+	stderr := l.stderr.waitFor(wctx, t, "dedupe")
+	wantContains(t, "stderr", stderr, "falwebhook listen: warning: keys unavailable: fetching JWKS: status 500, want 200 (deliveries get 503 until keys can be fetched)")
+	if strings.Contains(stderr, "keys: ") {
+		t.Errorf("stderr reports keys that were never fetched:\n%s", stderr)
+	}
+	if status, _ := post(t, fal, l.url, faltest.OKBody("k-1", json.RawMessage(`{}`))); status != http.StatusServiceUnavailable {
+		t.Errorf("delivery without keys answered %d, want 503", status)
+	}
+	out := l.stdout.waitFor(wctx, t, "k-1")
+	wantContains(t, "log", out, "  503  k-1                                   faltest-user      -      rejected: keys unavailable (503): the last fetch failed; next attempt after the cooldown: fetching JWKS: status 500, want 200")
+	wantNoRepeats(t, out+stderr)
 }
 
 // TestListenGracefulShutdown cancels the context while a delivery is being
