@@ -427,6 +427,33 @@ func TestListenForwardFailure(t *testing.T) {
 	l.stdout.waitFor(waitCtx(t), t, "accepted, forward failed: ")
 }
 
+// TestListenRelayBreaksOff: the app's answer breaks off midway; the
+// delivery's line says so.
+func TestListenRelayBreaksOff(t *testing.T) {
+	dir := t.TempDir()
+	fal := faltest.SignerFromName("listen test: fal")
+	jwks := writeTestFile(t, dir, "jwks.json", faltest.JWKS(fal))
+	target := newApp(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "100")
+		io.WriteString(w, "only ten b")
+		http.NewResponseController(w).Flush()
+		conn, _, err := http.NewResponseController(w).Hijack()
+		if err == nil {
+			conn.Close()
+		}
+	})
+	l := startListen(t, "--jwks", jwks, "--forward", target.URL)
+	req, _ := fal.NewClientRequest(t.Context(), l.url, faltest.Delivery{Body: faltest.OKBody("cut-1", json.RawMessage(`{}`))})
+	if resp, err := http.DefaultClient.Do(req); err == nil {
+		if _, err := io.ReadAll(resp.Body); err == nil {
+			t.Error("the client read a whole answer; want it cut off like the app's")
+		}
+		resp.Body.Close()
+	}
+	out := l.stdout.waitFor(waitCtx(t), t, "cut-1")
+	wantContains(t, "log", out, "  200  cut-1  ", "accepted, forwarded: app answered 200, relaying its answer broke off")
+}
+
 func TestListenJSONAndJWKSURL(t *testing.T) {
 	fal := faltest.SignerFromName("listen test: fal")
 	ks := faltest.NewKeyServer(fal)
@@ -554,6 +581,9 @@ func TestListenGracefulShutdown(t *testing.T) {
 }
 
 func TestListenUsageErrors(t *testing.T) {
+	r := runCmd(t, "", "listen", "-h")
+	wantContains(t, "listen -h", r.stderr, `listen on host:port (port 0 picks a free one) (default "127.0.0.1:8787")`, "-user-id ID", "-no-dedupe")
+
 	dir := t.TempDir()
 	jwks := writeTestFile(t, dir, "jwks.json", faltest.JWKS(faltest.SignerFromName("x")))
 	for _, args := range [][]string{
@@ -562,8 +592,9 @@ func TestListenUsageErrors(t *testing.T) {
 		{"listen", "--jwks", jwks, "--forward", "not a url"},
 		{"listen", "--jwks", jwks, "--tolerance", "0s"},
 		{"listen", "--jwks", jwks, "extra"},
+		{"listen", "--jwks", jwks, "--user-id", ""},
 	} {
-		r := runCmd(t, "", args...)
+		r = runCmd(t, "", args...)
 		if r.code != exitUsage || r.stderr == "" {
 			t.Errorf("%q: exit %d, stderr %q; want 2 with an error", args, r.code, r.stderr)
 		}
