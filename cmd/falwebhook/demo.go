@@ -62,21 +62,52 @@ func runDemo(ctx context.Context, e *env, args []string) int {
 	ks := faltest.NewKeyServer(fal)
 	defer ks.Close()
 
-	// The receiver: the real Verifier, fetching keys over HTTP, around a
-	// handler that only ever sees verified events. Its clock is frozen at
-	// the start, so that every run prints the same skews.
+	// The receiver's clock is frozen at the start, so that every run
+	// prints the same skews.
 	start := time.Now()
+	receiver, outcomes := startDemoReceiver(ks, start)
+	defer receiver.Close()
+	url := receiver.URL + "/fal/webhook"
+	cases := demoCases(ctx, fal, stranger, start)
+
+	w := e.stdout
+	fmt.Fprintf(w, "falwebhook demo: a receiver built from falwebhook's Verifier and Middleware gets\n")
+	fmt.Fprintf(w, "%d webhook deliveries. Everything runs on 127.0.0.1; a dev key stands in for fal's.\n\n", len(cases))
+	fmt.Fprintf(w, "  fal's keys  %s  (JWKS, 1 Ed25519 key, kid %s)\n", ks.URL, fal.KeyID())
+	fmt.Fprintf(w, "  receiver    %s\n", url)
+	fmt.Fprintf(w, "              falwebhook.NewVerifier(falwebhook.WithKeys(&falwebhook.JWKS{URL: keysURL})).Middleware(handler)\n\n")
+
+	t, failed, err := runDemoCases(receiver.Client(), url, cases, outcomes)
+	if err != nil {
+		return e.errorf(exitUsage, "demo", "%v", err)
+	}
+	t.write(w)
+
+	fmt.Fprintln(w)
+	fmt.Fprintf(w, "Genuine deliveries reached the handler (200); the others never did: 401 for a bad\n")
+	fmt.Fprintf(w, "signature or timestamp, 400 for a malformed request. fal's JWKS was fetched %s\n", times(ks.Fetches()))
+	fmt.Fprintf(w, "over HTTP and cached.\n\n")
+	if failed > 0 {
+		fmt.Fprintf(w, "FAIL: %d of %d verdicts not as expected.\n", failed, len(cases))
+		return exitInvalid
+	}
+	fmt.Fprintf(w, "PASS: all %d verdicts as expected.\n", len(cases))
+	return exitOK
+}
+
+// startDemoReceiver starts the receiver: the real Verifier, fetching keys
+// from ks over HTTP, around a handler that only ever sees verified events,
+// with its clock frozen at start. It reports each decision on outcomes
+// before it answers.
+func startDemoReceiver(ks *faltest.KeyServer, start time.Time) (*httptest.Server, <-chan demoOutcome) {
 	outcomes := make(chan demoOutcome, 1) // one request at a time
+	clock := func() time.Time { return start }
 	v := falwebhook.NewVerifier(
-		falwebhook.WithKeys(&falwebhook.JWKS{URL: ks.URL, Client: ks.Client(), Clock: func() time.Time { return start }}),
-		falwebhook.WithClock(func() time.Time { return start }),
+		falwebhook.WithKeys(&falwebhook.JWKS{URL: ks.URL, Client: ks.Client(), Clock: clock}),
+		falwebhook.WithClock(clock),
 		falwebhook.WithErrorHandler(func(w http.ResponseWriter, r *http.Request, err error) {
 			outcomes <- demoOutcome{err: err}
-			code := falwebhook.StatusCode(err)
-			if code == http.StatusServiceUnavailable {
-				w.Header().Set("Retry-After", "60")
-			}
-			http.Error(w, http.StatusText(code), code)
+			falwebhook.WriteError(w, err)
 		}),
 	)
 	mux := http.NewServeMux()
@@ -84,11 +115,11 @@ func runDemo(ctx context.Context, e *env, args []string) int {
 		outcomes <- demoOutcome{ev: ev}
 		fmt.Fprintln(w, "received")
 	}))
-	receiver := httptest.NewServer(mux)
-	defer receiver.Close()
-	client := receiver.Client()
-	url := receiver.URL + "/fal/webhook"
+	return httptest.NewServer(mux), outcomes
+}
 
+// demoCases returns the deliveries the demo sends, signed as of start.
+func demoCases(ctx context.Context, fal, stranger *faltest.Signer, start time.Time) []demoCase {
 	okBody, _ := sampleBody("ok", sampleRequestID)
 	sign := func(s *faltest.Signer, d faltest.Delivery) func(string) (*http.Request, error) {
 		if d.Time.IsZero() {
@@ -96,7 +127,7 @@ func runDemo(ctx context.Context, e *env, args []string) int {
 		}
 		return func(url string) (*http.Request, error) { return s.NewClientRequest(ctx, url, d) }
 	}
-	cases := []demoCase{
+	return []demoCase{
 		{
 			name:       "ok",
 			sent:       "OK image result (fal's real body)",
@@ -113,16 +144,14 @@ func runDemo(ctx context.Context, e *env, args []string) int {
 			name: "tampered-body",
 			sent: "OK body, seed changed after signing",
 			build: func(url string) (*http.Request, error) {
-				id := "3c9d1e5f-7a2b-4c6d-8e0f-1a2b3c4d5e6f"
-				body, _ := sampleBody("ok", id)
-				h := fal.Sign(faltest.Delivery{Body: body, Time: start})
-				forged := bytes.Replace(body, []byte("17454220438242315174"), []byte("17454220438242315175"), 1)
-				r, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(forged))
+				body, _ := sampleBody("ok", "3c9d1e5f-7a2b-4c6d-8e0f-1a2b3c4d5e6f")
+				r, err := fal.NewClientRequest(ctx, url, faltest.Delivery{Body: body, Time: start})
 				if err != nil {
 					return nil, err
 				}
-				r.Header.Set("Content-Type", "application/json")
-				h.Set(r.Header)
+				// Same length: Content-Length still holds.
+				forged := bytes.Replace(body, []byte("17454220438242315174"), []byte("17454220438242315175"), 1)
+				r.Body, r.GetBody = io.NopCloser(bytes.NewReader(forged)), nil
 				return r, nil
 			},
 			wantStatus: http.StatusUnauthorized,
@@ -163,24 +192,20 @@ func runDemo(ctx context.Context, e *env, args []string) int {
 			wantErr:    falwebhook.ErrMissingHeader,
 		},
 	}
+}
 
-	w := e.stdout
-	fmt.Fprintf(w, "falwebhook demo: a receiver built from falwebhook's Verifier and Middleware gets\n")
-	fmt.Fprintf(w, "%d webhook deliveries. Everything runs on 127.0.0.1; a dev key stands in for fal's.\n\n", len(cases))
-	fmt.Fprintf(w, "  fal's keys  %s  (JWKS, 1 Ed25519 key, kid %s)\n", ks.URL, fal.KeyID())
-	fmt.Fprintf(w, "  receiver    %s\n", url)
-	fmt.Fprintf(w, "              falwebhook.NewVerifier(falwebhook.WithKeys(&falwebhook.JWKS{URL: keysURL})).Middleware(handler)\n\n")
-
-	t := &table{header: []string{"CASE", "SENT", "HTTP", "VERDICT", "EXPECTED?"}}
-	failed := 0
+// runDemoCases sends each case to url and tabulates what the receiver
+// answered and decided, and whether that was expected.
+func runDemoCases(client *http.Client, url string, cases []demoCase, outcomes <-chan demoOutcome) (t *table, failed int, err error) {
+	t = &table{header: []string{"CASE", "SENT", "HTTP", "VERDICT", "EXPECTED?"}}
 	for _, c := range cases {
 		req, err := c.build(url)
 		if err != nil {
-			return e.errorf(exitUsage, "demo", "building %s: %v", c.name, err)
+			return nil, 0, fmt.Errorf("building %s: %w", c.name, err)
 		}
 		status, out, err := demoSend(client, req, outcomes)
 		if err != nil {
-			return e.errorf(exitUsage, "demo", "sending %s: %v", c.name, err)
+			return nil, 0, fmt.Errorf("sending %s: %w", c.name, err)
 		}
 		verdict := "accepted"
 		if out.err != nil {
@@ -197,18 +222,7 @@ func runDemo(ctx context.Context, e *env, args []string) int {
 		}
 		t.add(detail, c.name, c.sent, strconv.Itoa(status), verdict, expected)
 	}
-	t.write(w)
-
-	fmt.Fprintln(w)
-	fmt.Fprintf(w, "Genuine deliveries reached the handler (200); the others never did: 401 for a bad\n")
-	fmt.Fprintf(w, "signature or timestamp, 400 for a malformed request. fal's JWKS was fetched %s\n", times(ks.Fetches()))
-	fmt.Fprintf(w, "over HTTP and cached.\n\n")
-	if failed > 0 {
-		fmt.Fprintf(w, "FAIL: %d of %d verdicts not as expected.\n", failed, len(cases))
-		return exitInvalid
-	}
-	fmt.Fprintf(w, "PASS: all %d verdicts as expected.\n", len(cases))
-	return exitOK
+	return t, failed, nil
 }
 
 // demoSend sends req and returns the receiver's status and decision.

@@ -6,7 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"unicode"
+	"unicode/utf8"
 
 	"github.com/falwebhook/falwebhook"
 )
@@ -28,12 +28,14 @@ func reason(err error) string {
 		return "malformed header"
 	case errors.Is(err, falwebhook.ErrTimestampOutOfRange):
 		return "timestamp out of window"
-	case errors.Is(err, falwebhook.ErrSignatureMismatch):
-		return "signature mismatch"
+	case errors.Is(err, falwebhook.ErrUnexpectedUser):
+		return "unexpected user"
 	case errors.Is(err, falwebhook.ErrNoUsableKeys):
 		return "no usable keys"
 	case errors.Is(err, falwebhook.ErrKeysUnavailable):
 		return "keys unavailable"
+	case errors.Is(err, falwebhook.ErrSignatureMismatch):
+		return "signature mismatch"
 	case errors.Is(err, falwebhook.ErrMethodNotAllowed):
 		return "method not allowed"
 	case errors.Is(err, falwebhook.ErrBodyTooLarge):
@@ -42,51 +44,68 @@ func reason(err error) string {
 		return "body unreadable"
 	case errors.Is(err, falwebhook.ErrInvalidEvent):
 		return "not a fal event"
+	case errors.Is(err, falwebhook.ErrDedupeStore):
+		return "dedupe store failed"
 	default:
 		return "error"
 	}
 }
 
-// failureText joins fal's error message, the payload's detail (or the raw
-// payload) and payload_error.
+// rejection names a rejected delivery's class and the status a receiver
+// answers it: "rejected: unexpected user (403)".
+func rejection(err error) string {
+	return fmt.Sprintf("rejected: %s (%d)", reason(err), falwebhook.StatusCode(err))
+}
+
+// errText is err's message without the "falwebhook: " that the command's
+// own prefix makes redundant.
+func errText(err error) string {
+	return strings.TrimPrefix(err.Error(), "falwebhook: ")
+}
+
+// errDetail is what err says after the last of the library's sentinels in
+// it, the detail that reason(err) does not already say: "the only key did
+// not verify it", or "fetching JWKS: status 500, want 200" for keys that
+// could not be fetched again.
+func errDetail(err error) string {
+	msg := err.Error()
+	if i := strings.LastIndex(msg, "falwebhook: "); i >= 0 {
+		msg = msg[i+len("falwebhook: "):]
+	}
+	_, detail, _ := strings.Cut(msg, ": ")
+	return detail
+}
+
+// userHint explains an ErrUnexpectedUser rejection: pinning is on, and the
+// delivery is for another user.
+func userHint(userID string, pinned []string) string {
+	return fmt.Sprintf("user pinning is on (--user-id %s) and this delivery is for user %q; if that is your fal account, add --user-id %s",
+		strings.Join(pinned, " --user-id "), userID, userID)
+}
+
+// failureText is fal's account of a failed request, in the words of
+// RequestError (message, detail or payload, payload_error), without the
+// request id and status, which are shown beside it.
 func failureText(re *falwebhook.RequestError) string {
-	var parts []string
-	if re.Message != "" {
-		parts = append(parts, oneLine(re.Message, 200))
-	}
-	if d := re.Detail.String(); d != "" {
-		parts = append(parts, oneLine(d, 200))
-	} else if p := bytes.TrimSpace(re.Payload); len(p) > 0 && string(p) != "null" {
-		parts = append(parts, "payload "+compactJSON(p, 120))
-	}
-	if re.PayloadError != "" {
-		parts = append(parts, "payload_error: "+oneLine(re.PayloadError, 200))
-	}
-	if len(parts) == 0 {
+	anon := *re
+	anon.RequestID, anon.GatewayRequestID, anon.Status = "", "", falwebhook.StatusError
+	text, _ := strings.CutPrefix(anon.Error(), "falwebhook: request  failed")
+	if text == "" {
 		return "no detail"
 	}
-	return strings.Join(parts, ": ")
+	return strings.TrimPrefix(text, ": ")
 }
 
-// compactJSON returns raw compacted and cut to about max bytes.
+// compactJSON returns raw compacted (quoted when it is not JSON), cut to at
+// most max characters.
 func compactJSON(raw []byte, max int) string {
 	var b bytes.Buffer
+	s := fmt.Sprintf("%q", raw)
 	if json.Compact(&b, raw) == nil {
-		raw = b.Bytes()
+		s = b.String()
 	}
-	return oneLine(string(raw), max)
-}
-
-// oneLine replaces control characters and runs of white space with one space
-// and cuts s to about max bytes.
-func oneLine(s string, max int) string {
-	s = strings.ToValidUTF8(s, "\uFFFD")
-	s = strings.Join(strings.FieldsFunc(s, func(r rune) bool {
-		return unicode.IsSpace(r) || unicode.IsControl(r)
-	}), " ")
-	if len(s) <= max {
-		return s
+	if utf8.RuneCountInString(s) > max {
+		s = fmt.Sprintf("%.*s…", max-1, s)
 	}
-	r := []rune(s[:max])
-	return string(r[:len(r)-1]) + "…"
+	return s
 }

@@ -1,15 +1,18 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"crypto/ed25519"
-	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
-	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
+	"strings"
 
 	"github.com/falwebhook/falwebhook"
 	"github.com/falwebhook/falwebhook/faltest"
@@ -69,6 +72,13 @@ func loadJWKSFile(path string) ([]ed25519.PublicKey, error) {
 	if err != nil {
 		return nil, err
 	}
+	if block, _ := pem.Decode(data); block != nil {
+		what := "a PEM " + block.Type
+		if strings.HasSuffix(block.Type, "PRIVATE KEY") {
+			what = "a PEM private key"
+		}
+		return nil, fmt.Errorf("%s looks like %s; --jwks wants a JWKS document (keygen writes one as *.jwks.json)", path, what)
+	}
 	keys, err := falwebhook.ParseJWKS(data)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
@@ -76,14 +86,36 @@ func loadJWKSFile(path string) ([]ed25519.PublicKey, error) {
 	return keys, nil
 }
 
+// fetchJWKS fetches the JWKS document at url with falwebhook's JWKS (its
+// https-or-loopback rule, size limit, redirect check and timeout) and
+// returns the usable keys of the document that fetch read. The JWKS reports
+// only how many keys it found, so the document's bytes are kept on their
+// way to it.
+func fetchJWKS(ctx context.Context, url string) ([]ed25519.PublicKey, error) {
+	var doc bytes.Buffer // the last response body read; complete when Refresh succeeds
+	keep := roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		resp, err := http.DefaultTransport.RoundTrip(r)
+		if err == nil {
+			doc.Reset()
+			resp.Body = struct {
+				io.Reader
+				io.Closer
+			}{io.TeeReader(resp.Body, &doc), resp.Body}
+		}
+		return resp, err
+	})
+	j := &falwebhook.JWKS{URL: url, Client: &http.Client{Transport: keep}}
+	if err := j.Refresh(ctx); err != nil {
+		return nil, err
+	}
+	return falwebhook.ParseJWKS(doc.Bytes())
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
 // keyX returns the JWK "x" of k: unpadded base64url.
 func keyX(k ed25519.PublicKey) string {
 	return base64.RawURLEncoding.EncodeToString(k)
-}
-
-// keyFingerprint returns the first 16 hex digits of sha256(k), the same as
-// faltest's KeyID (and so the "kid" of JWKS files written by keygen).
-func keyFingerprint(k ed25519.PublicKey) string {
-	sum := sha256.Sum256(k)
-	return hex.EncodeToString(sum[:8])
 }

@@ -1,15 +1,17 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log"
 	"net"
 	"net/http"
+	"net/http/httputil"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -20,16 +22,28 @@ import (
 const listenDescription = `
 Listen runs a webhook receiver that verifies every delivery with falwebhook's
 Verifier and Middleware, on any path, and prints one line per delivery: time,
-HTTP status answered, request id, event status, verdict. Genuine deliveries
-are answered 200; forged or malformed ones 400/401; 503 when keys cannot be
-fetched, so that fal retries.
+HTTP status answered, request id, user id, event status, verdict. Genuine
+deliveries are answered 200; forged or malformed ones 400/401; 503 when keys
+cannot be fetched, so that fal retries.
 
-With --forward URL, each verified delivery is passed on to your app, in any
-language, as a POST with the original headers (the four X-Fal-Webhook-*
-headers, Content-Type and the rest, minus hop-by-hop ones, plus
-X-Forwarded-For/-Host/-Proto) and the body byte for byte; the delivery's
-query string, if any, is appended to URL. The app's status and body are
-relayed back to fal; when the app cannot be reached the answer is 502.
+The user id is the fal account a delivery is for. With --user-id
+(repeatable) only deliveries for those users are accepted; any other is
+answered 403, since every fal customer can have genuine deliveries sent to
+your URL. Run without it once to see yours.
+
+Deliveries are deduplicated in memory by request id: a repeat of one that
+was handled with a 2xx (a retry by fal, or a replayed capture inside the
+timestamp window) is answered 200 and not handled again. --no-dedupe turns
+this off.
+
+With --forward URL, each verified delivery is POSTed to your app, in any
+language, at exactly URL (the delivery's own query string is dropped), with
+the body byte for byte and only these headers: the four X-Fal-Webhook-*
+(so the app can verify it again), Content-Type: application/json,
+Content-Length, X-Forwarded-For/-Host/-Proto (ours; the sender's are
+dropped) and Falwebhook-Verified: true (trust it only when nothing but
+listen can reach the app). The app's answer is relayed back to fal; when the
+app cannot be reached within --forward-timeout the answer is 502.
 Deliveries that fail verification never reach the app.
 
 Keys come from --jwks: fal's JWKS URL by default (cached, refreshed as fal
@@ -40,6 +54,19 @@ object {"listening":"http://ADDR"}), so --addr 127.0.0.1:0 picks a free port.
 On SIGINT or SIGTERM the server stops accepting and waits, up to
 --shutdown-timeout, for deliveries in flight to finish; exit status 0 then.`
 
+// headerVerified marks a request forwarded to the app as verified.
+const headerVerified = "Falwebhook-Verified"
+
+// listenFlags are listen's flags.
+type listenFlags struct {
+	addr, jwks, forward string
+	jsonOut, noDedupe   bool
+	userIDs             stringList
+	forwardTimeout      *time.Duration
+	tolerance           *time.Duration
+	shutdownTimeout     *time.Duration
+}
+
 // listenLine is one delivery in --json output.
 type listenLine struct {
 	Time          string `json:"time"`
@@ -47,317 +74,344 @@ type listenLine struct {
 	Path          string `json:"path"`
 	Status        int    `json:"status"`
 	RequestID     string `json:"request_id"`
+	UserID        string `json:"user_id"`
 	EventStatus   string `json:"event_status,omitempty"`
-	Verdict       string `json:"verdict"`
+	Verdict       string `json:"verdict"` // accepted, duplicate or rejected
 	Reason        string `json:"reason,omitempty"`
 	Error         string `json:"error,omitempty"`
 	ForwardStatus int    `json:"forward_status,omitempty"`
 	ForwardError  string `json:"forward_error,omitempty"`
 }
 
-// receiver is the listen command's HTTP handler.
+// receiver is the listen command's HTTP handler, and the Observer of its
+// Verifier and JWKS.
 type receiver struct {
-	verify  http.Handler // the Verifier's middleware around accept
-	forward *url.URL     // nil: answer 200 ourselves
-	client  *http.Client
+	verify  http.Handler           // the Verifier's middleware around accept
+	proxy   *httputil.ReverseProxy // nil: answer 200 ourselves
+	forward *url.URL
 	timeout time.Duration // per forward
+	userIDs []string      // pinned; nil: any user
 	jsonOut bool
 	out     *syncWriter
 	now     func() time.Time
+
+	mu      sync.Mutex // guards fetched
+	fetched int        // usable keys of the last successful JWKS fetch
 }
 
 // record collects what happened to one delivery, for its log line. It is
 // used by one request's goroutine only.
 type record struct {
-	err        error
-	ev         *falwebhook.Event
-	fwdStatus  int
-	fwdErr     error
-	forwarding bool
+	d         falwebhook.DeliveryInfo // the Verifier's account of it
+	ev        *falwebhook.Event
+	status    int // what accept or the proxy answered; 0 when the Verifier did
+	forwarded bool
+	fwdStatus int
+	fwdErr    error
+	aborted   bool // the relay of the app's answer broke off
 }
 
 type recordKey struct{}
 
+func recordOf(ctx context.Context) *record {
+	if rec, ok := ctx.Value(recordKey{}).(*record); ok {
+		return rec
+	}
+	return &record{}
+}
+
 func runListen(ctx context.Context, e *env, args []string) int {
-	fs := newFlagSet(e, "listen", "[flags]", listenDescription)
-	var (
-		addr            = fs.String("addr", "127.0.0.1:8787", "listen on `host:port` (port 0 picks a free one)")
-		jwks            = fs.String("jwks", falwebhook.DefaultJWKSURL, "JWKS `URL or file` holding the public keys")
-		jsonOut         = fs.Bool("json", false, "print one JSON object per delivery instead of a text line")
-		forward         = fs.String("forward", "", "pass verified deliveries to the app at `URL` and relay its answer")
-		forwardTimeout  = fs.Duration("forward-timeout", 15*time.Second, "give up on the app after this `duration` (502); fal itself waits 15s")
-		tolerance       = fs.Duration("tolerance", 5*time.Minute, "largest accepted `skew` between a delivery's timestamp and now")
-		shutdownTimeout = fs.Duration("shutdown-timeout", 30*time.Second, "on SIGINT/SIGTERM, wait this `duration` for deliveries in flight")
-	)
-	pos, code, ok := parseArgs(fs, args)
+	f, code, ok := parseListenFlags(e, args)
 	if !ok {
 		return code
 	}
 	// Handlers, the server's error log and shutdown all write to stderr.
 	stderr := &syncWriter{w: e.stderr}
 	e = &env{stdin: e.stdin, stdout: e.stdout, stderr: stderr}
-	fail := func(code int, format string, args ...any) int { return e.errorf(code, "listen", format, args...) }
-	if len(pos) > 0 {
-		return fail(exitUsage, "unexpected argument %q", pos[0])
-	}
-	if *tolerance < time.Second || *forwardTimeout <= 0 || *shutdownTimeout <= 0 {
-		return fail(exitUsage, "--tolerance, --forward-timeout and --shutdown-timeout must be positive (tolerance at least 1s)")
-	}
-	rc := &receiver{
-		client: &http.Client{
-			Transport: forwardTransport(),
-			// Relay an app's redirect as is; never follow it.
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		},
-		timeout: *forwardTimeout,
-		jsonOut: *jsonOut,
-		out:     &syncWriter{w: e.stdout},
-		now:     time.Now,
-	}
-	if *forward != "" {
-		u, err := url.Parse(*forward)
+	fail := func(format string, args ...any) int { return e.errorf(exitUsage, "listen", format, args...) }
+	info := func(format string, args ...any) { e.errorf(0, "listen", format, args...) }
+
+	rc := &receiver{timeout: *f.forwardTimeout, userIDs: f.userIDs, jsonOut: f.jsonOut, out: &syncWriter{w: e.stdout}, now: time.Now}
+	if f.forward != "" {
+		u, err := url.Parse(f.forward)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return fail(exitUsage, "--forward %q: want http://host[:port]/path", *forward)
+			return fail("--forward %q: want http://host[:port]/path", f.forward)
 		}
 		rc.forward = u
+		rc.proxy = rc.newProxy(stderr)
 	}
-
-	opts := []falwebhook.Option{
-		falwebhook.WithTolerance(*tolerance),
-		falwebhook.WithErrorHandler(rc.reject),
-	}
-	var (
-		cache    *falwebhook.JWKS
-		keysInfo string
-		fetches  = &lastFetch{}
-	)
-	if isURL(*jwks) {
-		cache = &falwebhook.JWKS{URL: *jwks, Observer: fetches}
-		opts = append(opts, falwebhook.WithKeys(cache))
-	} else {
-		keys, err := loadJWKSFile(*jwks)
-		if err != nil {
-			return fail(exitUsage, "--jwks: %v", err)
-		}
-		opts = append(opts, falwebhook.WithKeys(falwebhook.StaticKeys(keys...)))
-		keysInfo = fmt.Sprintf("keys: %s from %s", plural(len(keys), "Ed25519 key"), *jwks)
+	opts, warm, dd, err := rc.verifierOptions(f)
+	if err != nil {
+		return fail("%v", err)
 	}
 	rc.verify = falwebhook.NewVerifier(opts...).Middleware(http.HandlerFunc(rc.accept))
 
-	ln, err := net.Listen("tcp", *addr)
+	ln, err := net.Listen("tcp", f.addr)
 	if err != nil {
-		return fail(exitUsage, "%v", err)
+		return fail("%v", err)
 	}
-	base := "http://" + ln.Addr().String()
+	rc.announce("http://" + ln.Addr().String())
+	rc.describeSetup(ctx, f, warm, info)
+
+	if err := serve(ctx, ln, rc, *f.shutdownTimeout, dd, stderr, info); err != nil {
+		return fail("%v", err)
+	}
+	return exitOK
+}
+
+// parseListenFlags parses listen's arguments. When ok is false the command
+// is over: return code.
+func parseListenFlags(e *env, args []string) (f *listenFlags, code int, ok bool) {
+	fs := newFlagSet(e, "listen", "[flags]", listenDescription)
+	f = &listenFlags{}
+	fs.StringVar(&f.addr, "addr", "127.0.0.1:8787", "listen on `host:port` (port 0 picks a free one)")
+	fs.StringVar(&f.jwks, "jwks", falwebhook.DefaultJWKSURL, "JWKS `URL or file` holding the public keys")
+	fs.BoolVar(&f.jsonOut, "json", false, "print one JSON object per delivery instead of a text line")
+	fs.StringVar(&f.forward, "forward", "", "pass verified deliveries to the app at `URL` and relay its answer")
+	fs.Var(&f.userIDs, "user-id", "accept only deliveries for this fal user `ID` (repeatable); others get 403")
+	fs.BoolVar(&f.noDedupe, "no-dedupe", false, "handle (and forward) every verified delivery, even a repeat of a request id already handled")
+	f.forwardTimeout = durationVar(fs, "forward-timeout", 15*time.Second, "give up on the app after this `duration` (502); fal itself waits 15s")
+	f.tolerance = durationVar(fs, "tolerance", 5*time.Minute, "largest accepted `skew` between a delivery's timestamp and now")
+	f.shutdownTimeout = durationVar(fs, "shutdown-timeout", 30*time.Second, "on SIGINT/SIGTERM, wait this `duration` for deliveries in flight")
+	pos, code, ok := parseArgs(fs, args)
+	if !ok {
+		return nil, code, false
+	}
+	fail := func(format string, args ...any) (*listenFlags, int, bool) {
+		return nil, e.errorf(exitUsage, "listen", format, args...), false
+	}
+	switch {
+	case len(pos) > 0:
+		return fail("unexpected argument %q", pos[0])
+	case *f.tolerance < time.Second || *f.forwardTimeout <= 0 || *f.shutdownTimeout <= 0:
+		return fail("--tolerance, --forward-timeout and --shutdown-timeout must be positive (tolerance at least 1s)")
+	case slices.Contains(f.userIDs, ""):
+		return fail("--user-id must not be empty")
+	}
+	return f, 0, true
+}
+
+// verifierOptions returns the Verifier's options as the flags say; warm is
+// the JWKS to load at startup (nil for a file), dd the Dedupe (nil with
+// --no-dedupe).
+func (rc *receiver) verifierOptions(f *listenFlags) (opts []falwebhook.Option, warm *falwebhook.JWKS, dd *falwebhook.Dedupe, err error) {
+	opts = []falwebhook.Option{
+		falwebhook.WithTolerance(*f.tolerance),
+		falwebhook.WithObserver(rc),
+		falwebhook.WithUserIDs(f.userIDs...),
+	}
+	if !f.noDedupe {
+		dd = &falwebhook.Dedupe{}
+		opts = append(opts, falwebhook.WithDedupe(dd))
+	}
+	if isURL(f.jwks) {
+		warm = &falwebhook.JWKS{URL: f.jwks, Observer: rc}
+		return append(opts, falwebhook.WithKeys(warm)), warm, dd, nil
+	}
+	keys, err := loadJWKSFile(f.jwks)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("--jwks: %w", err)
+	}
+	rc.fetched = len(keys)
+	return append(opts, falwebhook.WithKeys(falwebhook.StaticKeys(keys...))), nil, dd, nil
+}
+
+// announce prints the address, the first line on stdout.
+func (rc *receiver) announce(base string) {
 	if rc.jsonOut {
 		b, _ := json.Marshal(map[string]string{"listening": base})
 		rc.out.printf("%s\n", b)
-	} else {
-		rc.out.printf("listening on %s\n", base)
+		return
 	}
-	info := func(format string, args ...any) {
-		fmt.Fprintf(e.stderr, "falwebhook listen: %s\n", fmt.Sprintf(format, args...))
-	}
-	if cache != nil {
-		// Warm the cache so that a bad URL shows now, not at the first
-		// delivery; deliveries would still be answered 503 until it works.
-		if err := cache.Refresh(ctx); err != nil {
-			info("warning: %v (deliveries get 503 until keys can be fetched)", err)
-		} else {
-			keysInfo = fmt.Sprintf("keys: %s from %s", plural(fetches.keys(), "Ed25519 key"), *jwks)
+	rc.out.printf("listening on %s\n", base)
+}
+
+// describeSetup loads the keys from a URL, so that a bad one shows now and
+// not at the first delivery, and says on stderr how deliveries are handled.
+func (rc *receiver) describeSetup(ctx context.Context, f *listenFlags, warm *falwebhook.JWKS, info func(string, ...any)) {
+	keysOK := true
+	if warm != nil {
+		if err := warm.Refresh(ctx); err != nil {
+			keysOK = false
+			info("warning: %s (deliveries get 503 until keys can be fetched)", errText(err))
 		}
 	}
-	if keysInfo != "" {
-		info("%s", keysInfo)
+	if keysOK {
+		rc.mu.Lock()
+		info("keys: %s from %s", plural(rc.fetched, "Ed25519 key"), f.jwks)
+		rc.mu.Unlock()
+	}
+	if len(rc.userIDs) > 0 {
+		info("accepting only deliveries for user ids %s (others get 403)", strings.Join(rc.userIDs, ", "))
+	} else {
+		info("accepting deliveries for any fal user: each line shows the user id; pin yours with --user-id")
+	}
+	if f.noDedupe {
+		info("dedupe off: a repeat of a delivery is handled again")
+	} else {
+		info("dedupe in memory by request id: a repeat of a handled delivery is answered 200 and not handled again")
 	}
 	if rc.forward != nil {
 		info("forwarding verified deliveries to %s", rc.forward.Redacted())
 	}
+}
 
+// serve serves rc on ln until ctx is done, then shuts down gracefully:
+// no new connections, deliveries in flight finish within timeout, and the
+// dedupe's bookkeeping of answered deliveries is done.
+func serve(ctx context.Context, ln net.Listener, rc *receiver, timeout time.Duration, dd *falwebhook.Dedupe, stderr io.Writer, info func(string, ...any)) error {
 	srv := &http.Server{
 		Handler:           rc,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       time.Minute,
 		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          log.New(e.stderr, "falwebhook listen: ", 0),
+		ErrorLog:          log.New(stderr, "falwebhook listen: ", 0),
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
-
 	select {
 	case err := <-served:
-		return fail(exitUsage, "%v", err)
+		return err
 	case <-ctx.Done():
 	}
 	// Shutdown closes the listener, then runs this hook, then waits for
 	// the deliveries in flight.
 	closed := make(chan struct{})
 	srv.RegisterOnShutdown(func() {
-		info("shutting down: no new connections; waiting up to %s for deliveries in flight", *shutdownTimeout)
+		info("shutting down: no new connections; waiting up to %s for deliveries in flight", timeout)
 		close(closed)
 	})
-	sctx, cancel := context.WithTimeout(context.Background(), *shutdownTimeout)
+	sctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	err = srv.Shutdown(sctx)
+	err := srv.Shutdown(sctx)
 	<-closed
 	if err != nil {
 		_ = srv.Close()
-		return fail(exitUsage, "shutdown: %v; deliveries still in flight were cut off", err)
+		return fmt.Errorf("shutdown: %w; deliveries still in flight were cut off", err)
 	}
 	<-served // http.ErrServerClosed
+	if dd != nil {
+		if err := dd.Shutdown(sctx); err != nil {
+			return fmt.Errorf("shutdown: dedupe bookkeeping unfinished: %w", err)
+		}
+	}
 	info("stopped")
-	return exitOK
-}
-
-// forwardTransport is the default transport without transparent gzip, so
-// that the app's answer is relayed byte for byte.
-func forwardTransport() *http.Transport {
-	t := http.DefaultTransport.(*http.Transport).Clone()
-	t.DisableCompression = true
-	return t
+	return nil
 }
 
 func (rc *receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rec := &record{}
-	sw := &statusWriter{ResponseWriter: w}
-	rc.verify.ServeHTTP(sw, r.WithContext(context.WithValue(r.Context(), recordKey{}, rec)))
-	rc.log(r, sw.status(), rec)
+	defer func() {
+		// The proxy aborts the response with a panic when relaying the
+		// app's answer breaks off; log the delivery all the same.
+		p := recover()
+		rec.aborted = p != nil
+		rc.log(r, rec)
+		if p != nil {
+			panic(p)
+		}
+	}()
+	rc.verify.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), recordKey{}, rec)))
 }
 
-func recordOf(r *http.Request) *record {
-	if rec, ok := r.Context().Value(recordKey{}).(*record); ok {
-		return rec
-	}
-	return &record{}
+// ObserveDelivery records the Verifier's account of a delivery.
+func (rc *receiver) ObserveDelivery(ctx context.Context, d falwebhook.DeliveryInfo) {
+	recordOf(ctx).d = d
 }
 
-// reject answers a delivery that failed verification, as the middleware
-// would by default, and records why.
-func (rc *receiver) reject(w http.ResponseWriter, r *http.Request, err error) {
-	recordOf(r).err = err
-	code := falwebhook.StatusCode(err)
-	switch code {
-	case http.StatusMethodNotAllowed:
-		w.Header().Set("Allow", http.MethodPost)
-	case http.StatusServiceUnavailable:
-		w.Header().Set("Retry-After", "60")
+// ObserveFetch records how many keys a JWKS fetch brought.
+func (rc *receiver) ObserveFetch(_ context.Context, f falwebhook.FetchInfo) {
+	if f.Err == nil {
+		rc.mu.Lock()
+		rc.fetched = f.Keys
+		rc.mu.Unlock()
 	}
-	http.Error(w, http.StatusText(code), code)
 }
 
 // accept handles a verified delivery: forward it, or answer 200.
 func (rc *receiver) accept(w http.ResponseWriter, r *http.Request) {
-	rec := recordOf(r)
+	rec := recordOf(r.Context())
 	rec.ev, _ = falwebhook.EventFromContext(r.Context())
-	if rc.forward == nil {
+	if rc.proxy == nil {
+		rec.status = http.StatusOK
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		fmt.Fprintln(w, "ok")
+		_, _ = io.WriteString(w, "ok\n")
 		return
 	}
-	rec.forwarding = true
-	rc.forwardTo(w, r, rec)
-}
-
-// hopByHop lists the headers that describe one connection, not the message
-// (RFC 9110, section 7.6.1), and so are not forwarded either way.
-var hopByHop = []string{
-	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
-	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
-}
-
-// copyHeader copies src to dst without hop-by-hop headers, including those
-// named in src's Connection header.
-func copyHeader(dst, src http.Header) {
-	skip := map[string]bool{}
-	for _, h := range hopByHop {
-		skip[h] = true
-	}
-	for _, v := range src.Values("Connection") {
-		for _, name := range strings.Split(v, ",") {
-			skip[http.CanonicalHeaderKey(strings.TrimSpace(name))] = true
-		}
-	}
-	for k, vs := range src {
-		if skip[http.CanonicalHeaderKey(k)] {
-			continue
-		}
-		dst[k] = append([]string(nil), vs...)
-	}
-}
-
-func (rc *receiver) forwardTo(w http.ResponseWriter, r *http.Request, rec *record) {
-	body, err := io.ReadAll(r.Body) // the middleware's in-memory copy
-	if err != nil {
-		rec.fwdErr = err
-		http.Error(w, http.StatusText(http.StatusBadGateway), http.StatusBadGateway)
-		return
-	}
-	target := *rc.forward
-	if r.URL.RawQuery != "" {
-		if target.RawQuery != "" {
-			target.RawQuery += "&"
-		}
-		target.RawQuery += r.URL.RawQuery
-	}
+	rec.forwarded = true
 	ctx, cancel := context.WithTimeout(r.Context(), rc.timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target.String(), bytes.NewReader(body))
-	if err != nil {
-		rec.fwdErr = err
-		http.Error(w, http.StatusText(http.StatusBadGateway), http.StatusBadGateway)
-		return
-	}
-	copyHeader(req.Header, r.Header)
-	req.Header.Del("Content-Length") // set from the body
-	req.ContentLength = int64(len(body))
-	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
-		if prior := r.Header.Values("X-Forwarded-For"); len(prior) > 0 {
-			host = strings.Join(prior, ", ") + ", " + host
-		}
-		req.Header.Set("X-Forwarded-For", host)
-	}
-	req.Header.Set("X-Forwarded-Host", r.Host)
-	proto := "http"
-	if r.TLS != nil {
-		proto = "https"
-	}
-	req.Header.Set("X-Forwarded-Proto", proto)
+	rc.proxy.ServeHTTP(w, r.WithContext(ctx))
+}
 
-	resp, err := rc.client.Do(req)
-	if err != nil {
-		rec.fwdErr = err
-		http.Error(w, http.StatusText(http.StatusBadGateway), http.StatusBadGateway)
-		return
+// newProxy returns the reverse proxy to the app, logging to stderr.
+func (rc *receiver) newProxy(stderr io.Writer) *httputil.ReverseProxy {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.DisableCompression = true // ask for no gzip: relay the app's answer byte for byte
+	return &httputil.ReverseProxy{
+		Rewrite:   rc.rewrite,
+		Transport: tr,
+		ModifyResponse: func(resp *http.Response) error {
+			rec := recordOf(resp.Request.Context())
+			rec.status, rec.fwdStatus = resp.StatusCode, resp.StatusCode
+			return nil
+		},
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			rec := recordOf(r.Context())
+			rec.status, rec.fwdErr = http.StatusBadGateway, err
+			http.Error(w, http.StatusText(http.StatusBadGateway), http.StatusBadGateway)
+		},
+		ErrorLog: log.New(stderr, "falwebhook listen: ", 0),
 	}
-	defer resp.Body.Close()
-	rec.fwdStatus = resp.StatusCode
-	copyHeader(w.Header(), resp.Header)
-	w.WriteHeader(resp.StatusCode)
-	if _, err := io.Copy(w, resp.Body); err != nil {
-		rec.fwdErr = fmt.Errorf("relaying the answer: %w", err)
+}
+
+// rewrite makes the request to the app. Its headers are built from
+// scratch, after the proxy has taken the hop-by-hop ones off its copy of
+// the delivery's: only what was verified gets through, and a Connection
+// header naming a fal header cannot remove it.
+func (rc *receiver) rewrite(pr *httputil.ProxyRequest) {
+	hs, _ := falwebhook.ParseHeaders(pr.In.Header) // the middleware checked them
+	target := *rc.forward
+	pr.Out.URL = &target // exactly --forward: no query string of the sender's
+	pr.Out.Host = ""
+	pr.Out.TransferEncoding = nil // the verified body has a length
+	pr.Out.Trailer = nil
+	pr.Out.Header = http.Header{
+		falwebhook.HeaderRequestID: {hs.RequestID},
+		falwebhook.HeaderUserID:    {hs.UserID},
+		falwebhook.HeaderTimestamp: {hs.Timestamp},
+		falwebhook.HeaderSignature: {hs.Signature},
+		"Content-Type":             {"application/json"}, // the body is a verified JSON event
+		headerVerified:             {"true"},
 	}
+	pr.SetXForwarded()
 }
 
 // log prints the delivery's line.
-func (rc *receiver) log(r *http.Request, status int, rec *record) {
+func (rc *receiver) log(r *http.Request, rec *record) {
 	l := listenLine{
-		Time:      rc.now().UTC().Format(time.RFC3339),
-		Method:    r.Method,
-		Path:      r.URL.Path,
-		Status:    status,
-		RequestID: oneLine(r.Header.Get(falwebhook.HeaderRequestID), 100),
-		Verdict:   "accepted",
+		Time:          rc.now().UTC().Format(time.RFC3339),
+		Method:        r.Method,
+		Path:          r.URL.Path,
+		Status:        rec.status,
+		RequestID:     rec.d.RequestID,
+		UserID:        rec.d.UserID,
+		Verdict:       "accepted",
+		ForwardStatus: rec.fwdStatus,
+	}
+	if l.Status == 0 {
+		l.Status = rec.d.Status
 	}
 	if rec.ev != nil {
-		l.RequestID = rec.ev.RequestID
 		l.EventStatus = string(rec.ev.Status)
 	}
-	if rec.err != nil {
-		l.Verdict = "rejected"
-		l.Reason = reason(rec.err)
-		l.Error = rec.err.Error()
+	switch rec.d.Outcome {
+	case "duplicate", "in_progress":
+		l.Verdict = "duplicate"
 	}
-	l.ForwardStatus = rec.fwdStatus
+	if err := rec.d.Err; err != nil {
+		l.Verdict, l.Reason, l.Error = "rejected", reason(err), err.Error()
+	}
 	if rec.fwdErr != nil {
 		l.ForwardError = rec.fwdErr.Error()
 	}
@@ -366,56 +420,40 @@ func (rc *receiver) log(r *http.Request, status int, rec *record) {
 		rc.out.printf("%s\n", b)
 		return
 	}
-	verdict := l.Verdict
+	rc.out.printf("%s  %d  %-36s  %-16s  %-5s  %s\n", l.Time, l.Status, dash(l.RequestID), dash(l.UserID), dash(l.EventStatus), rc.verdict(rec))
+}
+
+// verdict describes what became of a delivery, for its text line.
+func (rc *receiver) verdict(rec *record) string {
+	err := rec.d.Err
 	switch {
-	case rec.err != nil:
-		verdict += ": " + strings.TrimPrefix(oneLine(l.Error, 300), "falwebhook: ")
-	case rec.forwarding && rec.fwdErr != nil && rec.fwdStatus == 0:
-		verdict += ", forward failed: " + oneLine(l.ForwardError, 300)
-	case rec.forwarding && rec.fwdErr != nil:
-		verdict += fmt.Sprintf(", forwarded: app answered %d, relay failed: %s", rec.fwdStatus, oneLine(l.ForwardError, 300))
-	case rec.forwarding:
-		verdict += fmt.Sprintf(", forwarded: app answered %d", rec.fwdStatus)
+	case errors.Is(err, falwebhook.ErrUnexpectedUser):
+		return rejection(err) + ": " + userHint(rec.d.UserID, rc.userIDs)
+	case err != nil && errDetail(err) != "":
+		return rejection(err) + ": " + errDetail(err)
+	case err != nil:
+		return rejection(err)
+	case rec.d.Outcome == "duplicate" && rc.proxy != nil:
+		return "duplicate: already handled; not forwarded again"
+	case rec.d.Outcome == "duplicate":
+		return "duplicate: already handled"
+	case rec.d.Outcome == "in_progress":
+		return "duplicate: still being handled; answered 409 so that fal retries"
+	case !rec.forwarded:
+		return "accepted"
+	case rec.fwdErr != nil:
+		return "accepted, forward failed: " + rec.fwdErr.Error()
+	case rec.aborted:
+		return fmt.Sprintf("accepted, forwarded: app answered %d, relaying its answer broke off", rec.fwdStatus)
 	}
-	id := l.RequestID
-	if id == "" {
-		id = "-"
-	}
-	evStatus := l.EventStatus
-	if evStatus == "" {
-		evStatus = "-"
-	}
-	rc.out.printf("%s  %d  %-36s  %-5s  %s\n", l.Time, l.Status, id, evStatus, verdict)
+	return fmt.Sprintf("accepted, forwarded: app answered %d", rec.fwdStatus)
 }
 
-// statusWriter remembers the status code written through it.
-type statusWriter struct {
-	http.ResponseWriter
-	code int
-}
-
-func (s *statusWriter) WriteHeader(code int) {
-	if s.code == 0 {
-		s.code = code
+func dash(s string) string {
+	if s == "" {
+		return "-"
 	}
-	s.ResponseWriter.WriteHeader(code)
-}
-
-func (s *statusWriter) Write(b []byte) (int, error) {
-	if s.code == 0 {
-		s.code = http.StatusOK
-	}
-	return s.ResponseWriter.Write(b)
-}
-
-// Unwrap lets http.ResponseController reach the underlying writer.
-func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
-
-func (s *statusWriter) status() int {
-	if s.code == 0 {
-		return http.StatusOK
-	}
-	return s.code
+	return s
 }
 
 // syncWriter serializes writes from concurrent handlers.
@@ -434,25 +472,4 @@ func (s *syncWriter) printf(format string, args ...any) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	fmt.Fprintf(s.w, format, args...)
-}
-
-// lastFetch is an Observer remembering how many keys the last JWKS fetch
-// brought.
-type lastFetch struct {
-	mu sync.Mutex // guards n
-	n  int
-}
-
-func (*lastFetch) ObserveDelivery(context.Context, falwebhook.DeliveryInfo) {}
-
-func (l *lastFetch) ObserveFetch(_ context.Context, f falwebhook.FetchInfo) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.n = f.Keys
-}
-
-func (l *lastFetch) keys() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.n
 }

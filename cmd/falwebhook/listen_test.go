@@ -8,6 +8,9 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"reflect"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -147,60 +150,56 @@ func TestListenForward(t *testing.T) {
 	})
 	l := startListen(t, "--jwks", jwks, "--forward", target.URL+"/hooks/fal")
 	wctx := waitCtx(t)
-	wantContains(t, "stderr", l.stderr.waitFor(wctx, t, "forwarding"), "keys: 1 Ed25519 key from "+jwks, "forwarding verified deliveries to "+target.URL)
+	wantContains(t, "stderr", l.stderr.waitFor(wctx, t, "forwarding"),
+		"keys: 1 Ed25519 key from "+jwks,
+		"accepting deliveries for any fal user: each line shows the user id; pin yours with --user-id",
+		"dedupe in memory by request id",
+		"forwarding verified deliveries to "+target.URL)
 
-	// A genuine delivery reaches the app unchanged; the app's answer comes
-	// back.
+	// A genuine delivery reaches the app; the app's answer comes back.
 	body, _ := sampleBody("ok", sampleRequestID)
-	req, err := fal.NewClientRequest(t.Context(), l.url+"/fal/webhook?order=42", faltest.Delivery{Body: body, UserID: "user-1"})
+	req, err := fal.NewClientRequest(t.Context(), l.url+"/fal/webhook", faltest.Delivery{Body: body, UserID: "user-1"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	req.Header.Set("X-Custom", "kept")
-	sent := req.Header.Clone()
-	status, answer := do(t, req)
-	if status != http.StatusAccepted || answer != "queued by the app" {
-		t.Fatalf("client got %d %q, want the app's 202 %q", status, answer, "queued by the app")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	answer, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted || string(answer) != "queued by the app" || resp.Header.Get("X-App") != "yes" {
+		t.Fatalf("client got %d %q (X-App %q), want the app's 202 %q with its header", resp.StatusCode, answer, resp.Header.Get("X-App"), "queued by the app")
 	}
 	got := target.received()
 	if len(got) != 1 {
 		t.Fatalf("the app received %d requests, want 1", len(got))
 	}
 	fwd := got[0]
-	if fwd.method != http.MethodPost || fwd.uri != "/hooks/fal?order=42" {
-		t.Errorf("app got %s %s, want POST /hooks/fal?order=42", fwd.method, fwd.uri)
+	if fwd.method != http.MethodPost || fwd.uri != "/hooks/fal" {
+		t.Errorf("app got %s %s, want POST /hooks/fal", fwd.method, fwd.uri)
 	}
 	if !bytes.Equal(fwd.body, body) {
 		t.Errorf("forwarded body differs from the delivery's:\n got %q\nwant %q", fwd.body, body)
 	}
-	for _, name := range []string{
-		falwebhook.HeaderRequestID, falwebhook.HeaderUserID, falwebhook.HeaderTimestamp,
-		falwebhook.HeaderSignature, "Content-Type", "X-Custom",
-	} {
-		if g, w := fwd.header.Values(name), sent.Values(name); strings.Join(g, "|") != strings.Join(w, "|") || len(w) == 0 {
-			t.Errorf("forwarded %s = %q, want %q", name, g, w)
-		}
-	}
-	if fwd.header.Get("X-Forwarded-For") != "127.0.0.1" {
-		t.Errorf("X-Forwarded-For = %q, want 127.0.0.1", fwd.header.Get("X-Forwarded-For"))
-	}
 	// The forwarded delivery still verifies with the same keys: the app
 	// may verify it again.
-	keys, _ := loadJWKSFile(jwks)
-	if _, err := falwebhook.NewVerifier(falwebhook.WithKeys(falwebhook.StaticKeys(keys...))).Verify(t.Context(), fwd.header, fwd.body); err != nil {
+	if _, err := falwebhook.NewVerifier(falwebhook.WithKeys(falwebhook.StaticKeys(fal.PublicKey()))).Verify(t.Context(), fwd.header, fwd.body); err != nil {
 		t.Errorf("the forwarded delivery no longer verifies: %v", err)
 	}
 	line := l.stdout.waitFor(wctx, t, "forwarded: app answered 202")
-	wantContains(t, "log", line, "  202  "+sampleRequestID+"  OK     accepted, forwarded: app answered 202")
+	wantContains(t, "log", line, "  202  "+sampleRequestID+"  user-1            OK     accepted, forwarded: app answered 202")
 
 	// A forged delivery is answered 401 and never forwarded.
-	status, _ = post(t, faltest.SignerFromName("listen test: forger"), l.url+"/fal/webhook", body)
+	forged := faltest.OKBody("forged-1", json.RawMessage(`{"images": [], "seed": 1}`))
+	status, _ := post(t, faltest.SignerFromName("listen test: forger"), l.url+"/fal/webhook", forged)
 	if status != http.StatusUnauthorized {
 		t.Errorf("forged delivery answered %d, want 401", status)
 	}
 	// A tampered one neither.
-	req, _ = fal.NewClientRequest(t.Context(), l.url+"/fal/webhook", faltest.Delivery{Body: body})
-	req.Body = io.NopCloser(bytes.NewReader(bytes.Replace(body, []byte("dog"), []byte("cat"), 1)))
+	tampered := faltest.OKBody("tampered-1", json.RawMessage(`{"images": [], "seed": 1}`))
+	req, _ = fal.NewClientRequest(t.Context(), l.url+"/fal/webhook", faltest.Delivery{Body: tampered})
+	req.Body = io.NopCloser(bytes.NewReader(bytes.Replace(tampered, []byte("1}"), []byte("2}"), 1)))
 	if status, _ = do(t, req); status != http.StatusUnauthorized {
 		t.Errorf("tampered delivery answered %d, want 401", status)
 	}
@@ -213,12 +212,203 @@ func TestListenForward(t *testing.T) {
 	if n := len(target.received()); n != 1 {
 		t.Errorf("the app received %d requests, want only the genuine one", n)
 	}
-	wantContains(t, "log", out, "401  "+sampleRequestID+"  -      rejected: signature mismatch")
+	wantContains(t, "log", out,
+		"  401  forged-1                              faltest-user      -      rejected: signature mismatch (401): the only key did not verify it",
+		"  401  tampered-1                            faltest-user      -      rejected: signature mismatch (401): the only key did not verify it",
+		"  405  -                                     -                 -      rejected: method not allowed (405): GET")
+	wantNoRepeats(t, out)
 
 	if code := l.stop(t); code != exitOK {
 		t.Errorf("listen exited %d after cancel, want 0\nstderr: %s", code, l.stderr.String())
 	}
 	wantContains(t, "stderr", l.stderr.String(), "shutting down", "stopped")
+}
+
+// TestListenForwardsOnlyWhatWasVerified sends a delivery dressed with
+// everything a sender could add and checks the app gets exactly the
+// verified body and the allowed headers.
+func TestListenForwardsOnlyWhatWasVerified(t *testing.T) {
+	dir := t.TempDir()
+	fal := faltest.SignerFromName("listen test: fal")
+	jwks := writeTestFile(t, dir, "jwks.json", faltest.JWKS(fal))
+	target := newApp(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })
+	l := startListen(t, "--jwks", jwks, "--forward", target.URL+"/hooks/fal?app=1")
+
+	body, _ := sampleBody("ok", sampleRequestID)
+	d := faltest.Delivery{Body: body, UserID: "user-1"}
+	signed := fal.Sign(d)
+	req, err := fal.NewClientRequest(t.Context(), l.url+"/fal/webhook?secret=s3cr3t&order=42", d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Sent as chunked: the app still gets a Content-Length.
+	req.ContentLength, req.Body, req.GetBody = -1, io.NopCloser(bytes.NewReader(body)), nil
+	for name, v := range map[string]string{
+		"Authorization":       "Bearer sender-token",
+		"Cookie":              "session=abc",
+		"X-Custom":            "from the sender",
+		headerVerified:        "false",
+		"X-Forwarded-For":     "203.0.113.7",
+		"X-Forwarded-Host":    "evil.example",
+		"X-Forwarded-Proto":   "https",
+		"Forwarded":           "for=203.0.113.7",
+		"Content-Type":        "text/html",
+		"User-Agent":          "sender/1.0",
+		"Accept-Encoding":     "gzip",
+		"Connection":          falwebhook.HeaderSignature, // a hop-by-hop list naming a signed header
+		"X-Fal-Webhook-Extra": "unsigned",
+	} {
+		req.Header.Set(name, v)
+	}
+	req.Header.Add(headerVerified, "true")
+	if status, _ := do(t, req); status != http.StatusOK {
+		t.Fatalf("genuine delivery answered %d, want the app's 200", status)
+	}
+	got := target.received()
+	if len(got) != 1 {
+		t.Fatalf("the app received %d requests, want 1", len(got))
+	}
+	fwd := got[0]
+	if fwd.uri != "/hooks/fal?app=1" {
+		t.Errorf("app got %s, want exactly the --forward URL /hooks/fal?app=1 (no query of the sender's)", fwd.uri)
+	}
+	want := http.Header{
+		falwebhook.HeaderRequestID: {signed.RequestID},
+		falwebhook.HeaderUserID:    {signed.UserID},
+		falwebhook.HeaderTimestamp: {signed.Timestamp},
+		falwebhook.HeaderSignature: {signed.Signature},
+		"Content-Type":             {"application/json"},
+		"Content-Length":           {strconv.Itoa(len(body))},
+		headerVerified:             {"true"},
+		"X-Forwarded-For":          {"127.0.0.1"},
+		"X-Forwarded-Host":         {strings.TrimPrefix(l.url, "http://")},
+		"X-Forwarded-Proto":        {"http"},
+	}
+	if !reflect.DeepEqual(fwd.header, want) {
+		t.Errorf("the app got headers\n%s\nwant exactly\n%s", headerText(fwd.header), headerText(want))
+	}
+	if !bytes.Equal(fwd.body, body) {
+		t.Errorf("forwarded body differs from the delivery's")
+	}
+}
+
+// headerText lists h one "Name: value" line per value, sorted.
+func headerText(h http.Header) string {
+	var lines []string
+	for k, vs := range h {
+		for _, v := range vs {
+			lines = append(lines, "  "+k+": "+v)
+		}
+	}
+	slices.Sort(lines)
+	return strings.Join(lines, "\n")
+}
+
+// TestListenDedupe replays a genuine delivery inside the timestamp window:
+// by default the app sees it once and the replay is answered 200 as a
+// duplicate; with --no-dedupe the app sees it twice.
+func TestListenDedupe(t *testing.T) {
+	dir := t.TempDir()
+	fal := faltest.SignerFromName("listen test: fal")
+	jwks := writeTestFile(t, dir, "jwks.json", faltest.JWKS(fal))
+	body, _ := sampleBody("ok", sampleRequestID)
+	d := faltest.Delivery{Body: body}
+	h := fal.Sign(d) // one delivery, sent twice byte for byte
+	send := func(t *testing.T, url string) (int, string, http.Header) {
+		t.Helper()
+		req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, url, bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.Set(req.Header)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b), resp.Header
+	}
+	for _, tc := range []struct {
+		name      string
+		args      []string
+		wantCalls int
+	}{
+		{"default", nil, 1},
+		{"--no-dedupe", []string{"--no-dedupe"}, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			target := newApp(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "handled") })
+			l := startListen(t, append([]string{"--jwks", jwks, "--forward", target.URL}, tc.args...)...)
+			wctx := waitCtx(t)
+			if status, answer, _ := send(t, l.url); status != http.StatusOK || answer != "handled" {
+				t.Fatalf("first delivery answered %d %q, want the app's 200", status, answer)
+			}
+			// Its line is printed once its dedupe bookkeeping is done.
+			l.stdout.waitFor(wctx, t, "forwarded: app answered 200")
+			status, answer, hdr := send(t, l.url)
+			if n := len(target.received()); n != tc.wantCalls {
+				t.Errorf("the app saw the delivery %d times, want %d", n, tc.wantCalls)
+			}
+			if tc.wantCalls == 1 {
+				if status != http.StatusOK || hdr.Get(falwebhook.HeaderDuplicate) != "completed" {
+					t.Fatalf("replay answered %d %q (%s %q), want 200 as a completed duplicate", status, answer, falwebhook.HeaderDuplicate, hdr.Get(falwebhook.HeaderDuplicate))
+				}
+				out := l.stdout.waitFor(wctx, t, "duplicate")
+				wantContains(t, "log", out, "  200  "+sampleRequestID+"  faltest-user      -      duplicate: already handled; not forwarded again")
+			} else if status != http.StatusOK || answer != "handled" {
+				t.Errorf("replay answered %d %q, want the app's 200 again", status, answer)
+			}
+		})
+	}
+}
+
+// TestListenUserIDs pins a user: a genuine delivery for another fal user
+// is answered 403, never forwarded, and its line says why.
+func TestListenUserIDs(t *testing.T) {
+	dir := t.TempDir()
+	fal := faltest.SignerFromName("listen test: fal")
+	jwks := writeTestFile(t, dir, "jwks.json", faltest.JWKS(fal))
+	target := newApp(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "handled") })
+	for _, tc := range []struct {
+		name string
+		args []string
+	}{
+		{"text", nil},
+		{"json", []string{"--json"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := startListen(t, append([]string{"--jwks", jwks, "--forward", target.URL, "--user-id", "me", "--user-id", "my-other-account"}, tc.args...)...)
+			wctx := waitCtx(t)
+			l.stderr.waitFor(wctx, t, "accepting only deliveries for user ids me, my-other-account (others get 403)")
+			before := len(target.received())
+
+			foreign := faltest.Delivery{Body: faltest.OKBody("foreign-"+tc.name, json.RawMessage(`{"images": []}`)), UserID: "someone-else"}
+			req, _ := fal.NewClientRequest(t.Context(), l.url, foreign)
+			if status, _ := do(t, req); status != http.StatusForbidden {
+				t.Errorf("another user's genuine delivery answered %d, want 403", status)
+			}
+			mine := faltest.Delivery{Body: faltest.OKBody("mine-"+tc.name, json.RawMessage(`{"images": []}`)), UserID: "my-other-account"}
+			req, _ = fal.NewClientRequest(t.Context(), l.url, mine)
+			if status, _ := do(t, req); status != http.StatusOK {
+				t.Errorf("my delivery answered %d, want 200", status)
+			}
+			got := target.received()[before:]
+			if len(got) != 1 || got[0].header.Get(falwebhook.HeaderUserID) != "my-other-account" {
+				t.Errorf("the app received %d deliveries, want only mine", len(got))
+			}
+			out := l.stdout.waitFor(wctx, t, "mine-"+tc.name)
+			if tc.name == "text" {
+				wantContains(t, "log", out,
+					`  403  foreign-text                          someone-else      -      rejected: unexpected user (403): user pinning is on (--user-id me --user-id my-other-account) and this delivery is for user "someone-else"; if that is your fal account, add --user-id someone-else`,
+					"  200  mine-text                             my-other-account  OK     accepted, forwarded: app answered 200")
+				return
+			}
+			wantContains(t, "log", out,
+				`"status":403,"request_id":"foreign-json","user_id":"someone-else","verdict":"rejected","reason":"unexpected user"`,
+				`"status":200,"request_id":"mine-json","user_id":"my-other-account","event_status":"OK","verdict":"accepted"`)
+		})
+	}
 }
 
 func TestListenForwardFailure(t *testing.T) {
@@ -235,6 +425,33 @@ func TestListenForwardFailure(t *testing.T) {
 		t.Errorf("forward to a dead app answered %d, want 502", status)
 	}
 	l.stdout.waitFor(waitCtx(t), t, "accepted, forward failed: ")
+}
+
+// TestListenRelayBreaksOff: the app's answer breaks off midway; the
+// delivery's line says so.
+func TestListenRelayBreaksOff(t *testing.T) {
+	dir := t.TempDir()
+	fal := faltest.SignerFromName("listen test: fal")
+	jwks := writeTestFile(t, dir, "jwks.json", faltest.JWKS(fal))
+	target := newApp(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "100")
+		io.WriteString(w, "only ten b")
+		http.NewResponseController(w).Flush()
+		conn, _, err := http.NewResponseController(w).Hijack()
+		if err == nil {
+			conn.Close()
+		}
+	})
+	l := startListen(t, "--jwks", jwks, "--forward", target.URL)
+	req, _ := fal.NewClientRequest(t.Context(), l.url, faltest.Delivery{Body: faltest.OKBody("cut-1", json.RawMessage(`{}`))})
+	if resp, err := http.DefaultClient.Do(req); err == nil {
+		if _, err := io.ReadAll(resp.Body); err == nil {
+			t.Error("the client read a whole answer; want it cut off like the app's")
+		}
+		resp.Body.Close()
+	}
+	out := l.stdout.waitFor(waitCtx(t), t, "cut-1")
+	wantContains(t, "log", out, "  200  cut-1  ", "accepted, forwarded: app answered 200, relaying its answer broke off")
 }
 
 func TestListenJSONAndJWKSURL(t *testing.T) {
@@ -273,6 +490,28 @@ func TestListenJSONAndJWKSURL(t *testing.T) {
 	if n := ks.Fetches(); n != 1 {
 		t.Errorf("JWKS fetched %d times, want 1 (warm-up only)", n)
 	}
+}
+
+// TestListenKeysUnavailable: keys that cannot be fetched are reported at
+// startup and a delivery is answered 503, each said once.
+func TestListenKeysUnavailable(t *testing.T) {
+	fal := faltest.SignerFromName("listen test: fal")
+	ks := faltest.NewKeyServer(fal)
+	defer ks.Close()
+	ks.FailNext(5, http.StatusInternalServerError)
+	l := startListen(t, "--jwks", ks.URL)
+	wctx := waitCtx(t)
+	stderr := l.stderr.waitFor(wctx, t, "dedupe")
+	wantContains(t, "stderr", stderr, "falwebhook listen: warning: keys unavailable: fetching JWKS: status 500, want 200 (deliveries get 503 until keys can be fetched)")
+	if strings.Contains(stderr, "keys: ") {
+		t.Errorf("stderr reports keys that were never fetched:\n%s", stderr)
+	}
+	if status, _ := post(t, fal, l.url, faltest.OKBody("k-1", json.RawMessage(`{}`))); status != http.StatusServiceUnavailable {
+		t.Errorf("delivery without keys answered %d, want 503", status)
+	}
+	out := l.stdout.waitFor(wctx, t, "k-1")
+	wantContains(t, "log", out, "  503  k-1                                   faltest-user      -      rejected: keys unavailable (503): the last fetch failed; next attempt after the cooldown: fetching JWKS: status 500, want 200")
+	wantNoRepeats(t, out+stderr)
 }
 
 // TestListenGracefulShutdown cancels the context while a delivery is being
@@ -342,6 +581,9 @@ func TestListenGracefulShutdown(t *testing.T) {
 }
 
 func TestListenUsageErrors(t *testing.T) {
+	r := runCmd(t, "", "listen", "-h")
+	wantContains(t, "listen -h", r.stderr, `listen on host:port (port 0 picks a free one) (default "127.0.0.1:8787")`, "-user-id ID", "-no-dedupe")
+
 	dir := t.TempDir()
 	jwks := writeTestFile(t, dir, "jwks.json", faltest.JWKS(faltest.SignerFromName("x")))
 	for _, args := range [][]string{
@@ -350,8 +592,9 @@ func TestListenUsageErrors(t *testing.T) {
 		{"listen", "--jwks", jwks, "--forward", "not a url"},
 		{"listen", "--jwks", jwks, "--tolerance", "0s"},
 		{"listen", "--jwks", jwks, "extra"},
+		{"listen", "--jwks", jwks, "--user-id", ""},
 	} {
-		r := runCmd(t, "", args...)
+		r = runCmd(t, "", args...)
 		if r.code != exitUsage || r.stderr == "" {
 			t.Errorf("%q: exit %d, stderr %q; want 2 with an error", args, r.code, r.stderr)
 		}

@@ -206,6 +206,36 @@ func (s *stringList) Set(v string) error {
 	return nil
 }
 
+// durationFlag is a duration flag whose error says what is wanted: the
+// flag package's own says only "parse error" for "--tolerance 10".
+type durationFlag struct{ d time.Duration }
+
+// durationVar defines a duration flag with default def.
+func durationVar(fs *cmdFlags, name string, def time.Duration, usage string) *time.Duration {
+	f := &durationFlag{def}
+	fs.Var(f, name, usage)
+	return &f.d
+}
+
+func (f *durationFlag) String() string {
+	if f == nil {
+		return ""
+	}
+	return f.d.String()
+}
+
+func (f *durationFlag) Set(s string) error {
+	d, err := time.ParseDuration(s)
+	switch {
+	case err == nil:
+		f.d = d
+		return nil
+	case s != "" && strings.Trim(s, "0123456789.") == "":
+		return fmt.Errorf("a duration needs a unit, such as %ss or 5m", s)
+	}
+	return errors.New("want a duration such as 30s, 5m or 1h30m")
+}
+
 // timeFlag is a flag holding an instant given as RFC 3339 or Unix seconds.
 type timeFlag struct{ t time.Time }
 

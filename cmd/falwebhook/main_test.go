@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -68,6 +69,26 @@ func wantContains(t *testing.T, what, s string, subs ...string) {
 	for _, sub := range subs {
 		if !strings.Contains(s, sub) {
 			t.Errorf("%s lacks %q:\n%s", what, sub, s)
+		}
+	}
+}
+
+// wantNoRepeats fails the test when a line of out says a phrase of an
+// error twice ("keys unavailable: ... keys unavailable"), or words a
+// count badly ("none of 1 key").
+func wantNoRepeats(t *testing.T, out string) {
+	t.Helper()
+	for _, line := range strings.Split(out, "\n") {
+		for _, phrase := range []string{
+			"falwebhook: ", "keys unavailable", "fetching", "signature mismatch", "unexpected user",
+			"missing header", "malformed header", "timestamp out of range", "not a fal event",
+		} {
+			if strings.Count(line, phrase) > 1 {
+				t.Errorf("%q is said twice in %q", phrase, line)
+			}
+		}
+		if strings.Contains(line, "none of 1 ") || strings.Contains(line, "disagrees") {
+			t.Errorf("badly worded: %q", line)
 		}
 	}
 }
@@ -224,4 +245,28 @@ func TestDemo(t *testing.T) {
 	}
 	r = runCmd(t, "", "demo", "extra")
 	wantCode(t, r, exitUsage)
+}
+
+// TestFlagErrorMessages checks that the errors a new user is most likely to
+// hit say what is wanted.
+func TestFlagErrorMessages(t *testing.T) {
+	dir := t.TempDir()
+	key := filepath.Join(dir, "dev.key.pem")
+	wantCode(t, runCmd(t, "", "keygen", "--out-key", key, "--out-jwks", filepath.Join(dir, "dev.jwks.json")), exitOK)
+	capture := writeTestFile(t, dir, "x.http", []byte("POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}"))
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"verify", "--tolerance", "10", "x.http"}, `invalid value "10" for flag -tolerance: a duration needs a unit, such as 10s or 5m`},
+		{[]string{"listen", "--tolerance", "10"}, `invalid value "10" for flag -tolerance: a duration needs a unit, such as 10s or 5m`},
+		{[]string{"listen", "--forward-timeout", "1.5"}, `a duration needs a unit, such as 1.5s or 5m`},
+		{[]string{"send", "--timeout", "5min", "http://127.0.0.1:1/"}, `invalid value "5min" for flag -timeout: want a duration such as 30s, 5m or 1h30m`},
+		{[]string{"verify", "--jwks", key, capture}, key + " looks like a PEM private key; --jwks wants a JWKS document (keygen writes one as *.jwks.json)"},
+		{[]string{"listen", "--jwks", key}, key + " looks like a PEM private key; --jwks wants a JWKS document (keygen writes one as *.jwks.json)"},
+	} {
+		r := runCmd(t, "", tc.args...)
+		wantCode(t, r, exitUsage)
+		wantContains(t, fmt.Sprintf("%q stderr", tc.args), r.stderr, tc.want)
+	}
 }

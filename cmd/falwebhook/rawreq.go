@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -20,44 +21,27 @@ type capture struct {
 }
 
 // parseRawRequest parses a captured HTTP/1.x request, as saved by "nc -l" or
-// a request bin: request line, headers, blank line, body. Lines may end in
-// CRLF or a bare LF. The body is delimited by Content-Length or chunked
-// Transfer-Encoding (decoded); without either, everything after the blank
-// line is the body.
+// a request bin, with http.ReadRequest. What that rejects but captures
+// often contain is read leniently instead, with a note: a chunked body
+// whose lines end in a bare LF (dechunk), a body without Content-Length or
+// chunked framing (everything after the blank line), and a body shorter
+// than its Content-Length (what there is).
 func parseRawRequest(data []byte) (*capture, error) {
 	// Tolerate blank lines before the request line, as RFC 9112 asks.
 	data = bytes.TrimLeft(data, "\r\n")
 	if len(data) == 0 {
 		return nil, errors.New("empty input; want a raw HTTP request")
 	}
-	headEnd, bodyStart := headerEnd(data)
-	if headEnd < 0 {
-		return nil, errors.New("no blank line after the headers; want a raw HTTP request (request line, headers, blank line, body)")
-	}
-	head := data[:headEnd]
-	rest := data[bodyStart:]
-
-	// Browser tools show HTTP/2 and HTTP/3 requests as "POST /x HTTP/2",
-	// which http.ReadRequest only accepts as "HTTP/2.0".
-	var versionNote string
-	line, more, found := bytes.Cut(head, []byte("\n"))
-	line = bytes.TrimRight(line, "\r")
-	if bytes.HasSuffix(line, []byte(" HTTP/2")) || bytes.HasSuffix(line, []byte(" HTTP/3")) {
-		fixed := make([]byte, 0, len(head)+4)
-		fixed = append(append(fixed, line...), ".0"...)
-		if found {
-			fixed = append(append(fixed, "\r\n"...), more...)
-		}
-		head = fixed
-		versionNote = fmt.Sprintf("request line says %s: read as HTTP/1.1 text", line[len(line)-6:])
-	}
-
-	// http.ReadRequest reads LF-only headers too; give it the head alone so
-	// the body framing is ours to handle leniently.
-	r, err := http.ReadRequest(bufio.NewReader(io.MultiReader(bytes.NewReader(head), strings.NewReader("\r\n\r\n"))))
+	data, versionNote := fixVersion(data)
+	src := bytes.NewReader(data)
+	br := bufio.NewReader(src)
+	r, err := http.ReadRequest(br)
 	if err != nil {
-		return nil, fmt.Errorf("not an HTTP request: %w", err)
+		return nil, fmt.Errorf("not a raw HTTP request (request line, headers, blank line, body): %w", err)
 	}
+	// offset returns how much of data ReadRequest and the body have used.
+	offset := func() int { return len(data) - br.Buffered() - src.Len() }
+	head, raw := data[:offset()], data[offset():]
 	c := &capture{
 		requestLine: r.Method + " " + r.RequestURI + " " + r.Proto,
 		header:      r.Header,
@@ -65,40 +49,44 @@ func parseRawRequest(data []byte) (*capture, error) {
 	if versionNote != "" {
 		c.notes = append(c.notes, versionNote)
 	}
-	if orig := data[:headEnd]; !bytes.Contains(orig, []byte("\r\n")) && bytes.Contains(orig, []byte("\n")) {
+	if !bytes.Contains(head, []byte("\r\n")) {
 		c.notes = append(c.notes, "lines end in a bare LF, not CRLF (accepted)")
 	}
 
-	chunked := len(r.TransferEncoding) > 0 && r.TransferEncoding[len(r.TransferEncoding)-1] == "chunked"
+	body, err := io.ReadAll(r.Body)
+	rest := data[offset():]
+	chunked := len(r.TransferEncoding) > 0
 	switch {
+	case err == nil && chunked:
+		c.body = body
+		c.notes = append(c.notes, fmt.Sprintf("chunked body decoded: %d bytes from %d on the wire", len(body), len(raw)-len(rest)))
+	case err == nil && r.ContentLength == 0 && r.Header.Get("Content-Length") == "":
+		// No framing: a request has no body then, but a capture's body
+		// is what follows the headers.
+		c.body, rest = raw, nil
+		if len(raw) > 0 {
+			c.notes = append(c.notes, fmt.Sprintf("no Content-Length: took the %d bytes after the headers as the body", len(raw)))
+		}
+	case err == nil:
+		c.body = body
 	case chunked:
-		body, n, err := dechunk(rest)
-		if err != nil {
+		// http.ReadRequest wants CRLF in chunked framing; editors and
+		// some tools leave bare LFs.
+		var n int
+		if c.body, n, err = dechunk(raw); err != nil {
 			return nil, fmt.Errorf("chunked body: %w", err)
 		}
-		c.body = body
-		c.notes = append(c.notes, fmt.Sprintf("chunked body decoded: %d bytes from %d on the wire", len(body), n))
-		rest = rest[n:]
-	case r.ContentLength > 0:
-		n := r.ContentLength
-		if int64(len(rest)) < n {
-			why := "truncated capture?"
-			if strings.EqualFold(r.Header.Get("Expect"), "100-continue") {
-				why = "the sender waited for a 100 Continue that nc never sends"
-			}
-			c.notes = append(c.notes, fmt.Sprintf("body is shorter than Content-Length: %d of %d bytes (%s)", len(rest), n, why))
-			n = int64(len(rest))
+		rest = raw[n:]
+		c.notes = append(c.notes, fmt.Sprintf("chunked body with bare-LF line ends decoded leniently: %d bytes from %d on the wire", len(c.body), n))
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		why := "truncated capture?"
+		if strings.EqualFold(r.Header.Get("Expect"), "100-continue") {
+			why = "the sender waited for a 100 Continue that nc never sends"
 		}
-		c.body = rest[:n]
-		rest = rest[n:]
-	case r.ContentLength == 0 && r.Header.Get("Content-Length") != "":
-		c.body = []byte{}
+		c.body, rest = raw, nil
+		c.notes = append(c.notes, fmt.Sprintf("body is shorter than Content-Length: %d of %d bytes (%s)", len(raw), r.ContentLength, why))
 	default:
-		c.body = rest
-		if len(rest) > 0 {
-			c.notes = append(c.notes, fmt.Sprintf("no Content-Length: took the %d bytes after the headers as the body", len(rest)))
-		}
-		rest = nil
+		return nil, fmt.Errorf("reading the body: %w", err)
 	}
 	if extra := bytes.TrimRight(rest, "\r\n"); len(extra) > 0 {
 		c.notes = append(c.notes, fmt.Sprintf("%d bytes after the body were ignored (check Content-Length if the body was edited)", len(extra)))
@@ -109,29 +97,17 @@ func parseRawRequest(data []byte) (*capture, error) {
 	return c, nil
 }
 
-// headerEnd returns the index where the header block ends (before its
-// terminating blank line) and where the body starts, or -1, -1. Lines may
-// end in CRLF or LF.
-func headerEnd(data []byte) (headEnd, bodyStart int) {
-	for i := 0; i < len(data); i++ {
-		if data[i] != '\n' {
-			continue
-		}
-		// data[i] ends a line; a blank line follows if the next line is
-		// empty.
-		j := i + 1
-		if j < len(data) && data[j] == '\r' {
-			j++
-		}
-		if j < len(data) && data[j] == '\n' {
-			end := i
-			if end > 0 && data[end-1] == '\r' {
-				end--
-			}
-			return end, j + 1
-		}
+// fixVersion rewrites a request line ending in "HTTP/2" or "HTTP/3", as
+// browser tools show such requests, to end in "HTTP/2.0", which
+// http.ReadRequest accepts, and says so in a note.
+func fixVersion(data []byte) ([]byte, string) {
+	line, _, _ := bytes.Cut(data, []byte("\n"))
+	line = bytes.TrimRight(line, "\r")
+	if !bytes.HasSuffix(line, []byte(" HTTP/2")) && !bytes.HasSuffix(line, []byte(" HTTP/3")) {
+		return data, ""
 	}
-	return -1, -1
+	fixed := slices.Concat(line[:len(line)-len("HTTP/2")], []byte("HTTP/2.0"), data[len(line):])
+	return fixed, fmt.Sprintf("request line says %s: read as HTTP/1.1 text", line[len(line)-len("HTTP/2"):])
 }
 
 // dechunk decodes a chunked body, accepting CRLF or bare LF line ends and

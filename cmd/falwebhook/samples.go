@@ -1,7 +1,6 @@
 package main
 
 import (
-	"crypto/rand"
 	"encoding/json"
 	"fmt"
 
@@ -26,14 +25,4 @@ func sampleBody(kind, requestID string) ([]byte, error) {
 		return faltest.ValidationErrorBody(requestID), nil
 	}
 	return nil, fmt.Errorf("unknown sample %q; want ok or error", kind)
-}
-
-// newRequestID returns a random version 4 UUID, the shape of fal's request
-// ids.
-func newRequestID() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:]) // never fails: crypto/rand.Read crashes the program instead
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
 }

@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,6 +16,8 @@ import (
 	"github.com/falwebhook/falwebhook"
 	"github.com/falwebhook/falwebhook/faltest"
 )
+
+var uuidV4 = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
 
 // eventLog is a receiver's record of the deliveries it accepted.
 type eventLog struct {
@@ -148,11 +151,20 @@ func TestKeygenThenSend(t *testing.T) {
 	if ev.Status != falwebhook.StatusOK || out.Seed != 17454220438242315174 || len(out.Images) != 1 {
 		t.Errorf("receiver got status %s, seed %d, %d images; want OK, 17454220438242315174, 1", ev.Status, out.Seed, len(out.Images))
 	}
+	// A fresh request id, in the body and the header alike.
+	first, h := log.last(t)
+	if !uuidV4.MatchString(first.RequestID) || h.Get(falwebhook.HeaderRequestID) != first.RequestID {
+		t.Errorf("sample request id %q (header %q), want the same random UUID in both", first.RequestID, h.Get(falwebhook.HeaderRequestID))
+	}
+	wantCode(t, runCmd(t, "", "send", "--key", key, url), exitOK)
+	if again, _ := log.last(t); again.RequestID == first.RequestID {
+		t.Errorf("two sample deliveries share request id %q", again.RequestID)
+	}
 
 	// The ERROR sample, with chosen ids, flags after the URL.
 	r = runCmd(t, "", "send", url, "--key", key, "--sample", "error", "--request-id", "req-1", "--user-id", "user-9")
 	wantCode(t, r, exitOK)
-	ev, h := log.last(t)
+	ev, h = log.last(t)
 	if ev.Status != falwebhook.StatusError || ev.RequestID != "req-1" || h.Get(falwebhook.HeaderUserID) != "user-9" {
 		t.Errorf("receiver got %s %q from user %q; want ERROR req-1 from user-9", ev.Status, ev.RequestID, h.Get(falwebhook.HeaderUserID))
 	}

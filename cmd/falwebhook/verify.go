@@ -4,11 +4,11 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -18,7 +18,8 @@ import (
 
 const verifyDescription = `
 Verify diagnoses a captured delivery offline and prints every check: the four
-X-Fal-Webhook-* headers, the timestamp against now, the body's sha256, the
+X-Fal-Webhook-* headers (the user id among them: the id of your fal account
+to pin with --user-id), the timestamp against now, the body's sha256, the
 exact message fal signs (newlines shown as \n), which key verifies the
 signature, the verdict of falwebhook's Verifier, and the decoded event.
 
@@ -30,307 +31,337 @@ the parts: --header (repeatable) and --body.
 Keys come from --jwks: fal's JWKS URL by default, another URL, or a JWKS file
 (as written by keygen). A URL is fetched only when the headers are usable.
 
+With --user-id (repeatable) the verdict also requires the delivery to be for
+one of those fal users, as falwebhook.WithUserIDs does.
+
 To check an old capture, pass --now with its timestamp (printed by verify).
 
 Exit status: 0 valid, 1 invalid, 2 usage or I/O error (including keys that
 could not be fetched).`
 
+// verifyFlags are verify's flags and arguments.
+type verifyFlags struct {
+	headers   stringList
+	bodyPath  string
+	jwks      string
+	now       timeFlag
+	tolerance *time.Duration
+	userIDs   stringList
+	pos       []string
+}
+
+// diagnosis is one run of verify: the delivery, what is known of it so
+// far, and where the report goes.
+type diagnosis struct {
+	w         io.Writer
+	c         *capture
+	sent      falwebhook.Headers // the first value of each header, as sent
+	herr      error              // ParseHeaders' verdict on the headers
+	ts        int64              // the timestamp, when herr is nil
+	now       time.Time
+	nowSource string
+	tolerance time.Duration
+	userIDs   []string
+	jwks      string              // where keys come from
+	keys      []ed25519.PublicKey // nil until loaded
+	matched   int                 // index in keys of the key that verifies the signature, or -1
+}
+
 func runVerify(ctx context.Context, e *env, args []string) int {
-	fs := newFlagSet(e, "verify", "[flags] [FILE|-]", verifyDescription)
-	var (
-		headers   stringList
-		bodyPath  = fs.String("body", "", "the body `FILE` (\"-\" for stdin), with --header instead of a raw request")
-		jwks      = fs.String("jwks", falwebhook.DefaultJWKSURL, "JWKS `URL or file` holding the public keys")
-		now       timeFlag
-		tolerance = fs.Duration("tolerance", 5*time.Minute, "largest accepted `skew` between the timestamp and now")
-	)
-	fs.Var(&headers, "header", "a `'Name: value'` header of the delivery (repeatable), with --body")
-	fs.Var(&now, "now", "check the timestamp against this `time` (RFC 3339 or Unix seconds) instead of the clock")
-	pos, code, ok := parseArgs(fs, args)
+	f, code, ok := parseVerifyFlags(e, args)
 	if !ok {
 		return code
 	}
-	fail := func(code int, format string, args ...any) int { return e.errorf(code, "verify", format, args...) }
-	if len(pos) > 1 {
-		return fail(exitUsage, "want at most one FILE, got %d arguments", len(pos))
+	fail := func(format string, args ...any) int { return e.errorf(exitUsage, "verify", format, args...) }
+	d := &diagnosis{w: e.stdout, now: f.now.t, nowSource: "--now", tolerance: *f.tolerance, userIDs: f.userIDs, jwks: f.jwks, matched: -1}
+	if d.now.IsZero() {
+		d.now, d.nowSource = time.Now(), "the clock"
 	}
-	if *tolerance <= 0 {
-		return fail(exitUsage, "--tolerance must be positive, got %s", *tolerance)
-	}
-	if *tolerance%time.Second != 0 {
-		return fail(exitUsage, "--tolerance must be whole seconds, got %s", *tolerance)
-	}
-
-	// The delivery.
-	var (
-		c      *capture
-		source string
-	)
-	switch {
-	case len(headers) > 0 || *bodyPath != "":
-		if len(pos) > 0 {
-			return fail(exitUsage, "give either a raw request FILE or --header/--body, not both")
-		}
-		if *bodyPath == "" {
-			return fail(exitUsage, "--header needs --body FILE (use an empty file for an empty body)")
-		}
-		h := http.Header{}
-		for _, hv := range headers {
-			name, value, ok := strings.Cut(hv, ":")
-			name = strings.TrimSpace(name)
-			if !ok || name == "" {
-				return fail(exitUsage, "--header %q: want 'Name: value'", hv)
-			}
-			h.Add(name, strings.TrimSpace(value))
-		}
-		body, err := readInput(e, *bodyPath)
-		if err != nil {
-			return fail(exitUsage, "%v", err)
-		}
-		c = &capture{header: h, body: body}
-		source = "--header/--body " + *bodyPath
-	default:
-		path := "-"
-		if len(pos) == 1 {
-			path = pos[0]
-		}
-		data, err := readInput(e, path)
-		if err != nil {
-			return fail(exitUsage, "%v", err)
-		}
-		c, err = parseRawRequest(data)
-		if err != nil {
-			return fail(exitUsage, "%s: %v", displayPath(path), err)
-		}
-		source = displayPath(path)
-	}
-
-	// The keys: a file is read now (a bad path is a usage error); a URL is
-	// fetched only if the headers are worth checking.
-	var (
-		keys     []ed25519.PublicKey
-		keysFrom string
-	)
-	if !isURL(*jwks) {
+	if !isURL(f.jwks) {
+		// A file is read now, so that a bad path is a usage error; a URL
+		// is fetched only when the headers are worth checking.
 		var err error
-		if keys, err = loadJWKSFile(*jwks); err != nil {
-			return fail(exitUsage, "--jwks: %v", err)
-		}
-		keysFrom = *jwks
-	}
-	clock := now.t
-	nowSource := "--now"
-	if clock.IsZero() {
-		clock = time.Now()
-		nowSource = "the clock"
-	}
-
-	w := e.stdout
-	fmt.Fprintf(w, "delivery   %s\n", source)
-	if c.requestLine != "" {
-		fmt.Fprintf(w, "           %s\n", c.requestLine)
-	}
-	for _, n := range c.notes {
-		fmt.Fprintf(w, "  note     %s\n", n)
-	}
-
-	// 1. Headers.
-	fmt.Fprintf(w, "\nheaders\n")
-	hs, headersOK := checkHeaders(w, c.header)
-
-	// 2. Timestamp.
-	fmt.Fprintf(w, "\ntimestamp\n")
-	ts, tsOK := parseUnixDigits(hs.Timestamp)
-	windowOK := false
-	if !tsOK {
-		fmt.Fprintf(w, "  --    no usable timestamp\n")
-	} else {
-		skew := ts - clock.Unix()
-		windowOK = skew <= int64(*tolerance/time.Second) && -skew <= int64(*tolerance/time.Second)
-		mark := "ok"
-		verdict := "within"
-		if !windowOK {
-			mark, verdict = "FAIL", "outside"
-		}
-		fmt.Fprintf(w, "  %-4s  %s is %s\n", mark, hs.Timestamp, time.Unix(ts, 0).UTC().Format(time.RFC3339))
-		fmt.Fprintf(w, "        now %d is %s (%s)\n", clock.Unix(), clock.UTC().Format(time.RFC3339), nowSource)
-		fmt.Fprintf(w, "        skew %+ds (%s), %s the tolerance of ±%ds\n", skew, describeSkew(skew), verdict, int64(*tolerance/time.Second))
-	}
-
-	// 3. Body.
-	sum := sha256.Sum256(c.body)
-	fmt.Fprintf(w, "\nbody\n")
-	fmt.Fprintf(w, "        %d bytes, sha256 %s\n", len(c.body), hex.EncodeToString(sum[:]))
-
-	// 4. The signed message.
-	msg := hs.AppendMessage(nil, c.body)
-	fmt.Fprintf(w, "\nsigned message (request id, user id, timestamp, sha256 of the body; joined by \\n)\n")
-	for _, line := range strings.SplitAfter(string(msg), "\n") {
-		fmt.Fprintf(w, "        %s\n", strconv.Quote(line))
-	}
-
-	// 5. Keys.
-	fmt.Fprintf(w, "\nsignature\n")
-	sig, sigOK := decodeSig(hs.Signature)
-	matched := -1
-	switch {
-	case !headersOK || !sigOK:
-		fmt.Fprintf(w, "  --    not checked: the headers are not usable\n")
-	default:
-		if keys == nil {
-			fmt.Fprintf(w, "        fetching keys from %s\n", *jwks)
-			var err error
-			if keys, err = fetchKeys(ctx, *jwks); err != nil {
-				return fail(exitUsage, "fetching keys: %v", err)
-			}
-			keysFrom = *jwks
-		}
-		for i, k := range keys {
-			if len(k) == ed25519.PublicKeySize && ed25519.Verify(k, msg, sig) {
-				matched = i
-				break
-			}
-		}
-		switch {
-		case matched >= 0:
-			fmt.Fprintf(w, "  ok    key #%d of %d from %s verifies it\n", matched+1, len(keys), keysFrom)
-			fmt.Fprintf(w, "        x=%s (sha256 %s)\n", keyX(keys[matched]), keyFingerprint(keys[matched]))
-		case len(keys) == 1:
-			fmt.Fprintf(w, "  FAIL  the only key, from %s, does not verify it\n", keysFrom)
-		default:
-			fmt.Fprintf(w, "  FAIL  none of the %d keys from %s verifies it\n", len(keys), keysFrom)
-		}
-		if matched < 0 || len(keys) > 1 {
-			for i, k := range keys {
-				fmt.Fprintf(w, "        #%d x=%s (sha256 %s)\n", i+1, keyX(k), keyFingerprint(k))
-			}
+		if d.keys, err = loadJWKSFile(f.jwks); err != nil {
+			return fail("--jwks: %v", err)
 		}
 	}
-
-	// 6. The verdict, from the library itself.
-	v := falwebhook.NewVerifier(
-		falwebhook.WithKeys(falwebhook.StaticKeys(keys...)),
-		falwebhook.WithClock(func() time.Time { return clock }),
-		falwebhook.WithTolerance(*tolerance),
-	)
-	_, verr := v.Verify(ctx, c.header, c.body)
-	fmt.Fprintf(w, "\nverdict\n")
-	if verr == nil {
-		fmt.Fprintf(w, "  VALID   a genuine delivery; a receiver would answer 200\n")
-	} else {
-		fmt.Fprintf(w, "  INVALID %s; a receiver would answer %d\n", reason(verr), falwebhook.StatusCode(verr))
-		fmt.Fprintf(w, "          %v\n", verr)
-		if hint := verifyHint(verr, matched, tsOK, ts); hint != "" {
-			fmt.Fprintf(w, "          hint: %s\n", hint)
-		}
+	c, source, err := f.delivery(e)
+	if err != nil {
+		return fail("%v", err)
 	}
-	if (verr == nil) != (matched >= 0 && windowOK) {
-		// The per-key check above and the library disagree; say so
-		// rather than hide it.
-		fmt.Fprintf(w, "          note: the key-by-key check above disagrees with the Verifier\n")
-	}
+	d.setDelivery(c)
 
-	// 7. The event.
-	label := "event"
-	if verr != nil {
-		label = "event (NOT verified: do not trust it)"
+	d.printDelivery(source)
+	d.printHeaders()
+	d.printTimestamp()
+	d.printMessage()
+	if err := d.printSignature(ctx); err != nil {
+		return fail("--jwks %s: %s", f.jwks, errText(err))
 	}
-	fmt.Fprintf(w, "\n%s\n", label)
-	printEvent(w, c.body, hs.RequestID)
-
+	verr := d.printVerdict(ctx)
+	d.printEvent(verr == nil)
 	if verr != nil {
 		return exitInvalid
 	}
 	return exitOK
 }
 
-// checkHeaders prints each X-Fal-Webhook-* header and whether it is usable,
-// and returns their values.
-func checkHeaders(w io.Writer, h http.Header) (falwebhook.Headers, bool) {
-	names := []string{falwebhook.HeaderRequestID, falwebhook.HeaderUserID, falwebhook.HeaderTimestamp, falwebhook.HeaderSignature}
-	vals := make([]string, len(names))
-	allOK := true
-	for i, name := range names {
-		var got []string
-		for k, vs := range h {
-			if strings.EqualFold(k, name) {
-				got = append(got, vs...)
-			}
-		}
-		problem := ""
-		switch {
-		case len(got) == 0:
-			problem = "missing"
-		case len(got) > 1:
-			problem = fmt.Sprintf("sent %d times", len(got))
-		case got[0] == "":
-			problem = "empty"
-		}
-		if len(got) > 0 {
-			vals[i] = got[0]
-		}
-		if problem == "" {
-			problem = headerValueProblem(name, vals[i])
-		}
-		mark := "ok"
-		if problem != "" {
-			mark = "FAIL"
-			allOK = false
-		}
-		shown := make([]string, len(got))
-		for j, v := range got {
-			shown[j] = strconv.Quote(v)
-		}
-		line := fmt.Sprintf("  %-4s  %-25s %s", mark, name, strings.Join(shown, ", "))
-		if problem != "" {
-			line += "  <- " + problem
-		}
-		fmt.Fprintln(w, strings.TrimRight(line, " "))
+// parseVerifyFlags parses verify's arguments. When ok is false the command
+// is over: return code.
+func parseVerifyFlags(e *env, args []string) (f *verifyFlags, code int, ok bool) {
+	fs := newFlagSet(e, "verify", "[flags] [FILE|-]", verifyDescription)
+	f = &verifyFlags{}
+	fs.StringVar(&f.bodyPath, "body", "", "the body `FILE` (\"-\" for stdin), with --header instead of a raw request")
+	fs.StringVar(&f.jwks, "jwks", falwebhook.DefaultJWKSURL, "JWKS `URL or file` holding the public keys")
+	f.tolerance = durationVar(fs, "tolerance", 5*time.Minute, "largest accepted `skew` between the timestamp and now")
+	fs.Var(&f.headers, "header", "a `'Name: value'` header of the delivery (repeatable), with --body")
+	fs.Var(&f.now, "now", "check the timestamp against this `time` (RFC 3339 or Unix seconds) instead of the clock")
+	fs.Var(&f.userIDs, "user-id", "accept only deliveries for this fal user `ID` (repeatable), as WithUserIDs does")
+	if f.pos, code, ok = parseArgs(fs, args); !ok {
+		return nil, code, false
 	}
-	return falwebhook.Headers{RequestID: vals[0], UserID: vals[1], Timestamp: vals[2], Signature: vals[3]}, allOK
+	fail := func(format string, args ...any) (*verifyFlags, int, bool) {
+		return nil, e.errorf(exitUsage, "verify", format, args...), false
+	}
+	switch {
+	case len(f.pos) > 1:
+		return fail("want at most one FILE, got %d arguments", len(f.pos))
+	case *f.tolerance <= 0:
+		return fail("--tolerance must be positive, got %s", *f.tolerance)
+	case *f.tolerance%time.Second != 0:
+		return fail("--tolerance must be whole seconds, got %s", *f.tolerance)
+	case slices.Contains(f.userIDs, ""):
+		return fail("--user-id must not be empty")
+	case len(f.headers) > 0 || f.bodyPath != "":
+		if len(f.pos) > 0 {
+			return fail("give either a raw request FILE or --header/--body, not both")
+		}
+		if f.bodyPath == "" {
+			return fail("--header needs --body FILE (use an empty file for an empty body)")
+		}
+	}
+	return f, 0, true
 }
 
-// headerValueProblem applies the library's grammar to one header value.
-func headerValueProblem(name, v string) string {
-	if name != falwebhook.HeaderSignature {
-		for i := 0; i < len(v); i++ {
-			if c := v[i]; c < 0x20 || c == 0x7f || c == 0xc2 && i+1 < len(v) && v[i+1] >= 0x80 && v[i+1] <= 0x9f {
-				return fmt.Sprintf("control character at byte %d", i)
+// delivery reads the delivery: --header and --body, or a raw request from
+// a file or stdin. It returns it and where it came from.
+func (f *verifyFlags) delivery(e *env) (*capture, string, error) {
+	if f.bodyPath != "" {
+		h := http.Header{}
+		for _, hv := range f.headers {
+			name, value, ok := strings.Cut(hv, ":")
+			name = strings.TrimSpace(name)
+			if !ok || name == "" {
+				return nil, "", fmt.Errorf("--header %q: want 'Name: value'", hv)
 			}
+			h.Add(name, strings.TrimSpace(value))
+		}
+		body, err := readInput(e, f.bodyPath)
+		if err != nil {
+			return nil, "", err
+		}
+		return &capture{header: h, body: body}, "--header/--body " + f.bodyPath, nil
+	}
+	path := "-"
+	if len(f.pos) == 1 {
+		path = f.pos[0]
+	}
+	data, err := readInput(e, path)
+	if err != nil {
+		return nil, "", err
+	}
+	c, err := parseRawRequest(data)
+	if err != nil {
+		return nil, "", fmt.Errorf("%s: %w", displayPath(path), err)
+	}
+	return c, displayPath(path), nil
+}
+
+// setDelivery records the delivery and runs the library's header checks.
+func (d *diagnosis) setDelivery(c *capture) {
+	d.c = c
+	first := func(name string) string {
+		if vs := c.header.Values(name); len(vs) > 0 {
+			return vs[0]
+		}
+		return ""
+	}
+	d.sent = falwebhook.Headers{
+		RequestID: first(falwebhook.HeaderRequestID),
+		UserID:    first(falwebhook.HeaderUserID),
+		Timestamp: first(falwebhook.HeaderTimestamp),
+		Signature: first(falwebhook.HeaderSignature),
+	}
+	var hs falwebhook.Headers
+	if hs, d.herr = falwebhook.ParseHeaders(c.header); d.herr == nil {
+		// ParseHeaders checked it: decimal digits that fit an int64.
+		d.ts, _ = strconv.ParseInt(hs.Timestamp, 10, 64)
+	}
+}
+
+func (d *diagnosis) printDelivery(source string) {
+	fmt.Fprintf(d.w, "delivery   %s\n", source)
+	if d.c.requestLine != "" {
+		fmt.Fprintf(d.w, "           %s\n", d.c.requestLine)
+	}
+	for _, n := range d.c.notes {
+		fmt.Fprintf(d.w, "  note     %s\n", n)
+	}
+}
+
+// printHeaders prints the four headers as sent, then the library's verdict
+// on them, which names the failing header.
+func (d *diagnosis) printHeaders() {
+	fmt.Fprintf(d.w, "\nheaders\n")
+	for _, name := range []string{falwebhook.HeaderRequestID, falwebhook.HeaderUserID, falwebhook.HeaderTimestamp, falwebhook.HeaderSignature} {
+		vs := d.c.header.Values(name)
+		shown := "(absent)"
+		if len(vs) > 0 {
+			quoted := make([]string, len(vs))
+			for i, v := range vs {
+				quoted[i] = strconv.Quote(v)
+			}
+			shown = strings.Join(quoted, ", ")
+		}
+		if name == falwebhook.HeaderUserID && len(vs) == 1 {
+			shown += "  <- " + d.userNote()
+		}
+		fmt.Fprintf(d.w, "        %-25s %s\n", name, shown)
+	}
+	if d.herr != nil {
+		fmt.Fprintf(d.w, "  FAIL  %s\n", errText(d.herr))
+		return
+	}
+	fmt.Fprintf(d.w, "  ok    each present once and well formed\n")
+}
+
+// userNote says what the user id means for this run.
+func (d *diagnosis) userNote() string {
+	switch {
+	case len(d.userIDs) == 0:
+		return "the fal user this delivery is for; pin yours with --user-id (falwebhook.WithUserIDs)"
+	case slices.Contains(d.userIDs, d.sent.UserID):
+		return "pinned by --user-id"
+	}
+	return "NOT one of the pinned --user-id values"
+}
+
+func (d *diagnosis) printTimestamp() {
+	fmt.Fprintf(d.w, "\ntimestamp\n")
+	if d.herr != nil {
+		fmt.Fprintf(d.w, "  --    not checked: the headers are not usable\n")
+		return
+	}
+	skew, tol := d.ts-d.now.Unix(), int64(d.tolerance/time.Second)
+	mark, verdict := "ok", "within"
+	if skew > tol || skew < -tol {
+		mark, verdict = "FAIL", "outside"
+	}
+	fmt.Fprintf(d.w, "  %-4s  %s is %s\n", mark, d.sent.Timestamp, time.Unix(d.ts, 0).UTC().Format(time.RFC3339))
+	fmt.Fprintf(d.w, "        now %d is %s (%s)\n", d.now.Unix(), d.now.UTC().Format(time.RFC3339), d.nowSource)
+	fmt.Fprintf(d.w, "        skew %+ds (%s), %s the tolerance of ±%ds\n", skew, describeSkew(skew), verdict, tol)
+}
+
+// printMessage prints the body's hash and the message fal signs, built
+// from the headers as sent.
+func (d *diagnosis) printMessage() {
+	sum := sha256.Sum256(d.c.body)
+	fmt.Fprintf(d.w, "\nbody\n")
+	fmt.Fprintf(d.w, "        %d bytes, sha256 %x\n", len(d.c.body), sum)
+	fmt.Fprintf(d.w, "\nsigned message (request id, user id, timestamp, sha256 of the body; joined by \\n)\n")
+	for _, line := range strings.SplitAfter(string(d.sent.AppendMessage(nil, d.c.body)), "\n") {
+		fmt.Fprintf(d.w, "        %s\n", strconv.Quote(line))
+	}
+}
+
+// printSignature fetches the keys when they come from a URL, and prints
+// which of them verifies the signature. Its error is the fetch's.
+func (d *diagnosis) printSignature(ctx context.Context) error {
+	fmt.Fprintf(d.w, "\nsignature\n")
+	if d.herr != nil {
+		fmt.Fprintf(d.w, "  --    not checked: the headers are not usable\n")
+		return nil
+	}
+	if d.keys == nil {
+		fmt.Fprintf(d.w, "        fetching keys from %s\n", d.jwks)
+		var err error
+		if d.keys, err = fetchJWKS(ctx, d.jwks); err != nil {
+			return err
 		}
 	}
-	switch name {
-	case falwebhook.HeaderTimestamp:
-		if _, ok := parseUnixDigits(v); !ok {
-			return "not decimal Unix seconds"
+	d.matched = slices.IndexFunc(d.keys, func(k ed25519.PublicKey) bool { return d.keyVerifies(ctx, k) })
+	switch {
+	case d.matched >= 0:
+		fmt.Fprintf(d.w, "  ok    key #%d of %d from %s verifies it\n", d.matched+1, len(d.keys), d.jwks)
+		fmt.Fprintf(d.w, "        x=%s\n", keyX(d.keys[d.matched]))
+	case len(d.keys) == 1:
+		fmt.Fprintf(d.w, "  FAIL  the only key, from %s, does not verify it\n", d.jwks)
+	default:
+		fmt.Fprintf(d.w, "  FAIL  none of the %d keys from %s verifies it\n", len(d.keys), d.jwks)
+	}
+	if d.matched < 0 || len(d.keys) > 1 {
+		for i, k := range d.keys {
+			fmt.Fprintf(d.w, "        #%d x=%s\n", i+1, keyX(k))
 		}
-		if len(v) >= 13 {
-			return "" // a valid number; the window check will say it is milliseconds
+	}
+	return nil
+}
+
+// keyVerifies reports whether k verifies the delivery's signature: it asks
+// a Verifier holding k alone whose clock reads the delivery's own
+// timestamp, so that only the signature decides.
+func (d *diagnosis) keyVerifies(ctx context.Context, k ed25519.PublicKey) bool {
+	v := falwebhook.NewVerifier(
+		falwebhook.WithKeys(falwebhook.StaticKeys(k)),
+		falwebhook.WithClock(func() time.Time { return time.Unix(d.ts, 0) }),
+	)
+	_, err := v.Verify(ctx, d.c.header, d.c.body)
+	// The event is parsed after the signature is checked: a body that is
+	// not an event was still signed by k.
+	return err == nil || errors.Is(err, falwebhook.ErrInvalidEvent)
+}
+
+// printVerdict asks falwebhook's Verifier, configured as the flags say,
+// and prints its verdict, which it returns.
+func (d *diagnosis) printVerdict(ctx context.Context) error {
+	v := falwebhook.NewVerifier(
+		falwebhook.WithKeys(falwebhook.StaticKeys(d.keys...)),
+		falwebhook.WithClock(func() time.Time { return d.now }),
+		falwebhook.WithTolerance(d.tolerance),
+		falwebhook.WithUserIDs(d.userIDs...),
+	)
+	_, err := v.Verify(ctx, d.c.header, d.c.body)
+	fmt.Fprintf(d.w, "\nverdict\n")
+	if err == nil {
+		fmt.Fprintf(d.w, "  VALID    accepted (200): a genuine delivery for user %q\n", d.sent.UserID)
+		if len(d.userIDs) == 0 {
+			fmt.Fprintf(d.w, "           hint: if that is your fal account, pin it: --user-id %s, falwebhook.WithUserIDs(%q)\n", d.sent.UserID, d.sent.UserID)
 		}
-	case falwebhook.HeaderSignature:
-		s := strings.Trim(v, " \t")
-		if len(s) != 2*ed25519.SignatureSize {
-			return fmt.Sprintf("%d characters, want %d hex digits", len(s), 2*ed25519.SignatureSize)
-		}
-		if _, err := hex.DecodeString(s); err != nil {
-			return "not hex"
-		}
+		return nil
+	}
+	fmt.Fprintf(d.w, "  INVALID  %s\n", rejection(err))
+	fmt.Fprintf(d.w, "           %s\n", errText(err))
+	if hint := d.hint(err); hint != "" {
+		fmt.Fprintf(d.w, "           hint: %s\n", hint)
+	}
+	return err
+}
+
+// hint suggests what to do about an invalid verdict.
+func (d *diagnosis) hint(err error) string {
+	switch {
+	case errors.Is(err, falwebhook.ErrUnexpectedUser):
+		return userHint(d.sent.UserID, d.userIDs)
+	case errors.Is(err, falwebhook.ErrTimestampOutOfRange) && d.matched >= 0:
+		return fmt.Sprintf("the signature itself is valid; to check an old capture pass --now %d", d.ts)
+	case errors.Is(err, falwebhook.ErrTimestampOutOfRange) && d.ts > 1e12:
+		return "the timestamp looks like milliseconds; fal sends seconds"
+	case errors.Is(err, falwebhook.ErrSignatureMismatch):
+		return "the body or a header changed after signing (a proxy re-encoding JSON?), or another key signed it (--jwks)"
+	case errors.Is(err, falwebhook.ErrMissingHeader):
+		return "a proxy may have dropped X-Fal-Webhook-* headers, or this is not a fal delivery"
 	}
 	return ""
-}
-
-// parseUnixDigits parses ^[0-9]+$ as an int64, as the library does.
-func parseUnixDigits(s string) (int64, bool) {
-	if s == "" || strings.Trim(s, "0123456789") != "" {
-		return 0, false
-	}
-	n, err := strconv.ParseInt(s, 10, 64)
-	return n, err == nil
-}
-
-func decodeSig(s string) ([]byte, bool) {
-	b, err := hex.DecodeString(strings.Trim(s, " \t"))
-	return b, err == nil && len(b) == ed25519.SignatureSize
 }
 
 // describeSkew renders a skew in seconds in human units.
@@ -351,26 +382,17 @@ func describeSkew(skew int64) string {
 	return time.Duration(d*int64(time.Second)).String() + " " + dir
 }
 
-// verifyHint suggests what to do about an invalid verdict.
-func verifyHint(err error, matched int, tsOK bool, ts int64) string {
-	switch {
-	case errors.Is(err, falwebhook.ErrTimestampOutOfRange) && matched >= 0:
-		return fmt.Sprintf("the signature itself is valid; to check an old capture pass --now %d", ts)
-	case errors.Is(err, falwebhook.ErrTimestampOutOfRange) && tsOK && ts > 1e12:
-		return "the timestamp looks like milliseconds; fal sends seconds"
-	case errors.Is(err, falwebhook.ErrSignatureMismatch):
-		return "the body or a header changed after signing (a proxy re-encoding JSON?), or another key signed it (--jwks)"
-	case errors.Is(err, falwebhook.ErrMissingHeader):
-		return "a proxy may have dropped X-Fal-Webhook-* headers, or this is not a fal delivery"
-	}
-	return ""
-}
-
 // printEvent decodes and prints the body as a fal event.
-func printEvent(w io.Writer, body []byte, headerRequestID string) {
-	ev, err := falwebhook.ParseEvent(body)
+func (d *diagnosis) printEvent(verified bool) {
+	label := "event"
+	if !verified {
+		label = "event (NOT verified: do not trust it)"
+	}
+	fmt.Fprintf(d.w, "\n%s\n", label)
+	w := d.w
+	ev, err := falwebhook.ParseEvent(d.c.body)
 	if err != nil {
-		fmt.Fprintf(w, "  FAIL  %v\n", err)
+		fmt.Fprintf(w, "  FAIL  %s\n", errText(err))
 		return
 	}
 	fmt.Fprintf(w, "        request_id          %s\n", ev.RequestID)
@@ -378,11 +400,11 @@ func printEvent(w io.Writer, body []byte, headerRequestID string) {
 		fmt.Fprintf(w, "        gateway_request_id  %s\n", ev.GatewayRequestID)
 	}
 	fmt.Fprintf(w, "        status              %s\n", ev.Status)
-	if headerRequestID != "" && ev.RequestID != headerRequestID {
-		fmt.Fprintf(w, "  warn  the body's request_id differs from %s %q\n", falwebhook.HeaderRequestID, headerRequestID)
+	if d.sent.RequestID != "" && ev.RequestID != d.sent.RequestID {
+		fmt.Fprintf(w, "  warn  the body's request_id differs from %s %q\n", falwebhook.HeaderRequestID, d.sent.RequestID)
 	}
 	if err := ev.Err(); err != nil {
-		fmt.Fprintf(w, "        error               %v\n", err)
+		fmt.Fprintf(w, "        error               %s\n", errText(err))
 		return
 	}
 	out, err := falwebhook.DecodePayload[falwebhook.ImageOutput](ev)
@@ -400,27 +422,6 @@ func printEvent(w io.Writer, body []byte, headerRequestID string) {
 	if len(ev.Payload) > 0 {
 		fmt.Fprintf(w, "        payload             %s\n", compactJSON(ev.Payload, 200))
 	}
-}
-
-// fetchKeys fetches the JWKS document at url and parses it.
-func fetchKeys(ctx context.Context, url string) ([]ed25519.PublicKey, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("status %d from %s", resp.StatusCode, url)
-	}
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil {
-		return nil, err
-	}
-	return falwebhook.ParseJWKS(data)
 }
 
 func displayPath(p string) string {

@@ -97,12 +97,15 @@ func TestVerify(t *testing.T) {
 			code: exitOK,
 			want: append([]string{
 				"POST /fal/webhook HTTP/1.1",
-				`ok    X-Fal-Webhook-Request-Id  "` + sampleRequestID + `"`,
+				`X-Fal-Webhook-Request-Id  "` + sampleRequestID + `"`,
+				`X-Fal-Webhook-User-Id     "faltest-user"  <- the fal user this delivery is for; pin yours with --user-id`,
+				"ok    each present once and well formed",
 				"skew -12s", "within the tolerance of ±300s",
 				"426 bytes, sha256 ",
 				"key #2 of 2 from " + jwks + " verifies it",
 				"x=" + keyX(fal.PublicKey()),
-				"VALID",
+				`VALID    accepted (200): a genuine delivery for user "faltest-user"`,
+				`hint: if that is your fal account, pin it: --user-id faltest-user, falwebhook.WithUserIDs("faltest-user")`,
 				"image 1             https://v3.fal.media/files/lion/O853qAknYZGU8_2QCbJwd.jpeg (1024x1024)",
 				"seed                17454220438242315174",
 			}, msgLines...),
@@ -117,31 +120,31 @@ func TestVerify(t *testing.T) {
 			name: "tampered body",
 			args: []string{"--jwks", jwks, "--now", now, tampered},
 			code: exitInvalid,
-			want: []string{"FAIL  none of the 2 keys from", "INVALID signature mismatch", "answer 401", "NOT verified"},
+			want: []string{"FAIL  none of the 2 keys from", "INVALID  rejected: signature mismatch (401)", "signature mismatch: none of 2 keys verified it", "NOT verified"},
 		},
 		{
 			name: "unknown key",
 			args: []string{"--jwks", otherJWKS, "--now", now, good},
 			code: exitInvalid,
-			want: []string{"FAIL  the only key", "INVALID signature mismatch"},
+			want: []string{"FAIL  the only key", "INVALID  rejected: signature mismatch (401)", "signature mismatch: the only key did not verify it"},
 		},
 		{
 			name: "old capture without a fitting --now",
 			args: []string{"--jwks", jwks, "--now", strconv.FormatInt(captureTime.Unix()+3600, 10), good},
 			code: exitInvalid,
-			want: []string{"skew -3600s (1h0m0s in the past), outside", "INVALID stale timestamp (-3600s)", "key #2 of 2", "pass --now " + captureTS},
+			want: []string{"skew -3600s (1h0m0s in the past), outside", "INVALID  rejected: stale timestamp (-3600s) (401)", "key #2 of 2", "pass --now " + captureTS},
 		},
 		{
 			name: "narrower tolerance",
 			args: []string{"--jwks", jwks, "--now", now, "--tolerance", "10s", good},
 			code: exitInvalid,
-			want: []string{"outside the tolerance of ±10s", "INVALID stale timestamp (-12s)"},
+			want: []string{"outside the tolerance of ±10s", "INVALID  rejected: stale timestamp (-12s) (401)"},
 		},
 		{
 			name: "missing signature header",
 			args: []string{"--jwks", jwks, "--now", now, noSig},
 			code: exitInvalid,
-			want: []string{"FAIL  X-Fal-Webhook-Signature", "<- missing", "not checked", "INVALID missing header", "answer 400"},
+			want: []string{"X-Fal-Webhook-Signature   (absent)", "FAIL  missing header: X-Fal-Webhook-Signature", "not checked", "INVALID  rejected: missing header (400)"},
 		},
 		{
 			name: "ERROR delivery",
@@ -165,7 +168,7 @@ func TestVerify(t *testing.T) {
 			name: "chunked LF-only capture",
 			args: []string{"--jwks", jwks, "--now", now, chunkedLF},
 			code: exitOK,
-			want: []string{"chunked body decoded: 426 bytes", "VALID"},
+			want: []string{"chunked body with bare-LF line ends decoded leniently: 426 bytes", "VALID"},
 		},
 		{
 			name:  "capture on stdin",
@@ -195,8 +198,27 @@ func TestVerify(t *testing.T) {
 				"--header", "X-Fal-Webhook-Signature: " + h.Signature,
 			},
 			code: exitInvalid,
-			want: []string{"sent 2 times", "INVALID malformed header"},
+			want: []string{`X-Fal-Webhook-Request-Id  "` + h.RequestID + `", "` + h.RequestID + `"`, "FAIL  malformed header: X-Fal-Webhook-Request-Id sent 2 times", "INVALID  rejected: malformed header (400)"},
 		},
+		{
+			name: "pinned user",
+			args: []string{"--jwks", jwks, "--now", now, "--user-id", "someone", "--user-id", "faltest-user", good},
+			code: exitOK,
+			want: []string{`"faltest-user"  <- pinned by --user-id`, `VALID    accepted (200): a genuine delivery for user "faltest-user"`},
+		},
+		{
+			name: "another user's delivery",
+			args: []string{"--jwks", jwks, "--now", now, "--user-id", "my-user", good},
+			code: exitInvalid,
+			want: []string{
+				`"faltest-user"  <- NOT one of the pinned --user-id values`,
+				"key #2 of 2", // the signature itself is fal's
+				"INVALID  rejected: unexpected user (403)",
+				`unexpected user: X-Fal-Webhook-User-Id "faltest-user" is not one of the 1 pinned user ids`,
+				`hint: user pinning is on (--user-id my-user) and this delivery is for user "faltest-user"; if that is your fal account, add --user-id faltest-user`,
+			},
+		},
+		{name: "empty --user-id", args: []string{"--jwks", jwks, "--user-id", "", good}, code: exitUsage, want: []string{"--user-id must not be empty"}},
 		{name: "bad flag", args: []string{"--jwks", jwks, "--bogus", good}, code: exitUsage},
 		{name: "missing file", args: []string{"--jwks", jwks, filepath.Join(dir, "nope.http")}, code: exitUsage, want: []string{"nope.http"}},
 		{name: "missing JWKS file", args: []string{"--jwks", filepath.Join(dir, "nope.json"), good}, code: exitUsage, want: []string{"--jwks"}},
@@ -214,6 +236,7 @@ func TestVerify(t *testing.T) {
 			r := runCmd(t, tc.stdin, append([]string{"verify"}, tc.args...)...)
 			wantCode(t, r, tc.code)
 			wantContains(t, "output", r.stdout+r.stderr, tc.want...)
+			wantNoRepeats(t, r.stdout+r.stderr)
 			if tc.code == exitUsage && r.stderr == "" {
 				t.Errorf("usage error with nothing on stderr")
 			}
@@ -249,7 +272,18 @@ func TestVerifyJWKSURL(t *testing.T) {
 	ks.FailNext(1, 500)
 	r = runCmd(t, string(raw), "verify", "--jwks", ks.URL, "--now", now)
 	wantCode(t, r, exitUsage)
-	wantContains(t, "stderr", r.stderr, "fetching keys", "status 500")
+	wantContains(t, "stderr", r.stderr, "falwebhook verify: --jwks "+ks.URL+": keys unavailable: fetching JWKS: status 500, want 200")
+	wantNoRepeats(t, r.stderr)
+
+	// The library's fetch rules hold: at most 1 MiB, https or loopback.
+	ks.SetDocument(bytes.Repeat([]byte(" "), 1<<20+1), "application/json")
+	r = runCmd(t, string(raw), "verify", "--jwks", ks.URL, "--now", now)
+	wantCode(t, r, exitUsage)
+	wantContains(t, "stderr", r.stderr, "document larger than 1048576 bytes")
+	r = runCmd(t, string(raw), "verify", "--jwks", "http://192.0.2.1/jwks.json", "--now", now)
+	wantCode(t, r, exitUsage)
+	wantContains(t, "stderr", r.stderr, `JWKS URL "http://192.0.2.1/jwks.json": plain http is allowed only for loopback hosts`)
+	wantNoRepeats(t, r.stderr)
 }
 
 // dropLine removes the header line starting with name from a raw request.
@@ -263,23 +297,30 @@ func dropLine(raw []byte, name string) []byte {
 	return []byte(strings.Join(out, ""))
 }
 
+// TestParseRawRequest covers both readers: http.ReadRequest for what it
+// reads, and the lenient fallback (whose notes say "leniently" or "no
+// Content-Length") only for what it cannot.
 func TestParseRawRequest(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
 		in       string
 		body     string
 		note     string
+		lenient  bool // the fallback must be used, and only then
 		wantFail bool
 	}{
 		{name: "content-length", in: "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc", body: "abc"},
+		{name: "content-length, bare LF headers", in: "POST / HTTP/1.1\nContent-Length: 4\n\nab\nc", body: "ab\nc", note: "bare LF"},
 		{name: "leading blank line", in: "\r\nPOST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc", body: "abc"},
-		{name: "truncated", in: "POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nabc", body: "abc", note: "shorter than Content-Length"},
+		{name: "truncated", in: "POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nabc", body: "abc", note: "shorter than Content-Length: 3 of 5 bytes (truncated capture?)"},
+		{name: "truncated, Expect", in: "POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n", body: "", note: "100 Continue"},
 		{name: "trailing bytes", in: "POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nabc", body: "ab", note: "1 bytes after the body"},
 		{name: "HTTP/2 request line", in: "POST /x HTTP/2\ncontent-length: 3\n\nabc", body: "abc", note: "HTTP/2: read as HTTP/1.1 text\nlines end in a bare LF"},
-		{name: "HTTP/3 request line only", in: "POST /x HTTP/3\r\n\r\n", body: ""},
-		{name: "no length", in: "POST / HTTP/1.1\nHost: x\n\nabc\n", body: "abc\n", note: "no Content-Length"},
-		{name: "chunked with extension and trailer", in: "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2;x=y\r\nab\r\n1\r\nc\r\n0\r\nT: v\r\n\r\n", body: "abc"},
-		{name: "chunked body with newlines", in: "POST / HTTP/1.1\nTransfer-Encoding: chunked\n\n3\na\nb\n0\n\n", body: "a\nb"},
+		{name: "HTTP/3 request line only", in: "POST /x HTTP/3\r\n\r\n", body: "", note: "HTTP/3"},
+		{name: "no length", in: "POST / HTTP/1.1\nHost: x\n\nabc\n", body: "abc\n", note: "no Content-Length", lenient: true},
+		{name: "chunked with extension and trailer", in: "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2;x=y\r\nab\r\n1\r\nc\r\n0\r\nT: v\r\n\r\n", body: "abc", note: "chunked body decoded: 3 bytes from 28"},
+		{name: "chunked, bare LF", in: "POST / HTTP/1.1\nTransfer-Encoding: chunked\n\n3\na\nb\n0\n\n", body: "a\nb", note: "bare-LF line ends decoded leniently: 3 bytes from 9", lenient: true},
+		{name: "chunked, bare LF, trailing bytes", in: "POST / HTTP/1.1\nTransfer-Encoding: chunked\n\n1\na\n0\n\nxyz", body: "a", note: "3 bytes after the body", lenient: true},
 		{name: "bad chunk size", in: "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", wantFail: true},
 		{name: "truncated chunk", in: "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nabc", wantFail: true},
 		{name: "no blank line", in: "POST / HTTP/1.1\r\nHost: x\r\n", wantFail: true},
@@ -300,8 +341,12 @@ func TestParseRawRequest(t *testing.T) {
 			if string(c.body) != tc.body {
 				t.Errorf("body %q, want %q", c.body, tc.body)
 			}
+			notes := strings.Join(c.notes, "\n")
 			if tc.note != "" {
-				wantContains(t, "notes", strings.Join(c.notes, "\n"), tc.note)
+				wantContains(t, "notes", notes, tc.note)
+			}
+			if lenient := strings.Contains(notes, "leniently") || strings.Contains(notes, "no Content-Length"); lenient != tc.lenient {
+				t.Errorf("lenient fallback used: %v, want %v; notes:\n%s", lenient, tc.lenient, notes)
 			}
 		})
 	}
