@@ -394,7 +394,7 @@ func (j *JWKS) VerifySignature(ctx context.Context, msg, sig []byte) error {
 	j.mu.Unlock()
 	fresh, err := j.wait(ctx, c)
 	if err != nil {
-		return fmt.Errorf("%w (cached keys), and refetching failed: %w", mismatch(len(s.keys)), err)
+		return wrap(mismatch(len(s.keys)), "and refetching the keys failed", err)
 	}
 	if fresh != s && fresh.verify(msg, sig) {
 		return nil
@@ -421,7 +421,7 @@ func (j *JWKS) keys(ctx context.Context) (*cachedKeys, error) {
 		if j.lastErr != nil && now.Before(j.lastAttempt.Add(j.cooldown())) {
 			cause := j.lastErr
 			j.mu.Unlock()
-			return j.staleOr(now, fmt.Errorf("%w: the last fetch failed; next attempt after the cooldown: %w", ErrKeysUnavailable, cause))
+			return j.staleOr(now, wrap(ErrKeysUnavailable, "the last fetch failed; next attempt after the cooldown", cause))
 		}
 		c = j.startLocked(ctx, now)
 	}
@@ -473,7 +473,7 @@ func (j *JWKS) wait(ctx context.Context, c *fetchCall) (*cachedKeys, error) {
 	select {
 	case <-c.done:
 		if c.err != nil {
-			return nil, fmt.Errorf("%w: %w", ErrKeysUnavailable, c.err)
+			return nil, wrap(ErrKeysUnavailable, "", c.err)
 		}
 		return c.keys, nil
 	case <-ctx.Done():

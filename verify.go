@@ -90,6 +90,26 @@ var (
 	ErrUnexpectedUser = errors.New("falwebhook: unexpected user")
 )
 
+// wrapped is an error matching outer and inner whose text says each
+// package prefix once: outer's text, then inner's without "falwebhook: ".
+type wrapped struct {
+	msg          string
+	outer, inner error
+}
+
+func (e *wrapped) Error() string   { return e.msg }
+func (e *wrapped) Unwrap() []error { return []error{e.outer, e.inner} }
+
+// wrap returns an error matching outer and inner, reading
+// "<outer>: <detail>: <inner>" (or "<outer>: <inner>" with no detail).
+func wrap(outer error, detail string, inner error) error {
+	msg := outer.Error()
+	if detail != "" {
+		msg += ": " + detail
+	}
+	return &wrapped{msg: msg + ": " + strings.TrimPrefix(inner.Error(), "falwebhook: "), outer: outer, inner: inner}
+}
+
 // TimestampError describes a delivery whose timestamp is outside the
 // tolerance. It unwraps to ErrTimestampOutOfRange.
 type TimestampError struct {
@@ -452,5 +472,5 @@ func (v *Verifier) verifySignature(ctx context.Context, hs *Headers, sum *[sha25
 	}
 	// A key source of the caller's that fails in its own way: the delivery
 	// cannot be checked now, so fal should retry it.
-	return fmt.Errorf("%w: %w", ErrKeysUnavailable, err)
+	return wrap(ErrKeysUnavailable, "", err)
 }

@@ -673,3 +673,42 @@ func FuzzVerify(f *testing.F) {
 		}
 	})
 }
+
+// TestErrorTextSaysThePrefixOnce checks that errors wrapping errors read
+// as one sentence: "falwebhook: keys unavailable: no usable keys: ...", not
+// "falwebhook: keys unavailable: falwebhook: no usable keys: ...".
+func TestErrorTextSaysThePrefixOnce(t *testing.T) {
+	signer := faltest.SignerFromName("verify-a")
+	ks := faltest.NewKeyServer()
+	defer ks.Close()
+	ks.SetDocument([]byte(`{"keys":[]}`), "application/json")
+	d := signed(signer, "req-1", "user-1", t0, []byte(testBody))
+	v := NewVerifier(WithKeys(&JWKS{URL: ks.URL, Clock: fixedClock(t0)}), WithClock(fixedClock(t0)))
+	_, err := v.Verify(context.Background(), d.h, d.body)
+	if !errors.Is(err, ErrKeysUnavailable) || !errors.Is(err, ErrNoUsableKeys) {
+		t.Fatalf("got %v, want keys unavailable wrapping no usable keys", err)
+	}
+	if n := strings.Count(err.Error(), "falwebhook:"); n != 1 {
+		t.Errorf("%q says the prefix %d times", err, n)
+	}
+
+	// A mismatch whose refetch failed.
+	clk := newTestClock()
+	ks.SetSigners(signer)
+	j := &JWKS{URL: ks.URL, Clock: clk.Now}
+	v = NewVerifier(WithKeys(j), WithClock(clk.Now))
+	d = signed(signer, "req-1", "user-1", clk.Now(), []byte(testBody))
+	if _, err := v.Verify(context.Background(), d.h, d.body); err != nil {
+		t.Fatal(err)
+	}
+	clk.Advance(2 * time.Minute)
+	ks.FailNext(1, http.StatusInternalServerError)
+	forged := signed(faltest.SignerFromName("forger"), "req-1", "user-1", clk.Now(), []byte(testBody))
+	_, err = v.Verify(context.Background(), forged.h, forged.body)
+	if !errors.Is(err, ErrSignatureMismatch) || !errors.Is(err, ErrKeysUnavailable) || StatusCode(err) != http.StatusServiceUnavailable {
+		t.Fatalf("mismatch with a failed refetch: %v (status %d), want both sentinels and 503", err, StatusCode(err))
+	}
+	if n := strings.Count(err.Error(), "falwebhook:"); n != 1 {
+		t.Errorf("%q says the prefix %d times", err, n)
+	}
+}

@@ -161,8 +161,7 @@ func mustMarshal(v any) []byte {
 }
 
 // Headers holds the four X-Fal-Webhook-* header values of a signed delivery.
-// Its fields match falwebhook.Headers in name, type and order, so a value
-// converts directly: falwebhook.Headers(h).
+// Set writes them into an http.Header, as fal sends them.
 type Headers struct {
 	RequestID string // X-Fal-Webhook-Request-Id
 	UserID    string // X-Fal-Webhook-User-Id
