@@ -126,6 +126,9 @@ func (v *Verifier) readBody(r *http.Request, b *body) error {
 		if rest := limit + 1 - capacity; rest < size {
 			size, class = rest, -1
 		}
+		if size <= 0 { // cannot happen: b.n > limit stopped the loop first
+			return fmt.Errorf("%w: more than %d bytes", ErrBodyTooLarge, limit)
+		}
 		if !v.budget.take(size, capacity >= smallBody) {
 			return fmt.Errorf("%w: the budget of %d body bytes not yet verified is used up", ErrOverloaded, v.budget.max)
 		}
