@@ -7,7 +7,7 @@
 // the shape the front end expects. A fal webhook receiver:
 //
 //	func main() {
-//		v := falwebhook.NewVerifier()
+//		v := falwebhook.NewVerifier(falwebhook.WithUserIDs(os.Getenv("FAL_USER_ID")))
 //
 //		// Each cold start begins with an empty key cache. Fetching the keys
 //		// while the function initialises (Lambda allows 10 seconds for it)
@@ -15,7 +15,7 @@
 //		// the first delivery fetches again, or is answered 503 so that fal
 //		// retries it.
 //		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-//		if _, err := v.KeySource().PublicKeys(ctx); err != nil {
+//		if err := v.Refresh(ctx); err != nil {
 //			log.Printf("warming the fal key cache: %v", err)
 //		}
 //		cancel()

@@ -31,9 +31,9 @@ type seen struct {
 // and reads the time from testNow; with keysDown its key source fails as an
 // unreachable JWKS does (falwebhook.ErrKeysUnavailable).
 func newReceiver(pub ed25519.PublicKey, keysDown bool, s *seen) http.Handler {
-	keys := falwebhook.WithKeys(pub)
+	keys := falwebhook.WithKeys(falwebhook.StaticKeys(pub))
 	if keysDown {
-		keys = falwebhook.WithKeySource(unavailableKeys{})
+		keys = falwebhook.WithKeys(unavailableKeys{})
 	}
 	v := falwebhook.NewVerifier(keys, falwebhook.WithClock(func() time.Time { return testNow }))
 	return v.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -49,6 +49,6 @@ func newReceiver(pub ed25519.PublicKey, keysDown bool, s *seen) http.Handler {
 // unavailableKeys is a key source whose keys cannot be had.
 type unavailableKeys struct{}
 
-func (unavailableKeys) PublicKeys(context.Context) ([]ed25519.PublicKey, error) {
-	return nil, fmt.Errorf("%w: test key source is down", falwebhook.ErrKeysUnavailable)
+func (unavailableKeys) VerifySignature(context.Context, []byte, []byte) error {
+	return fmt.Errorf("%w: test key source is down", falwebhook.ErrKeysUnavailable)
 }

@@ -41,7 +41,7 @@ func main() {
 // receiver returns the webhook receiver. It is this command's only use of
 // the falwebhook API.
 func receiver(pub ed25519.PublicKey) http.Handler {
-	v := falwebhook.NewVerifier(falwebhook.WithKeys(pub))
+	v := falwebhook.NewVerifier(falwebhook.WithKeys(falwebhook.StaticKeys(pub)))
 	return v.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ev, _ := falwebhook.EventFromContext(r.Context())
 		fmt.Fprintf(w, "verified %s", ev.RequestID)
