@@ -194,11 +194,8 @@ func (v *Verifier) verifyRequest(w http.ResponseWriter, r *http.Request) (*Event
 		_ = rc.SetReadDeadline(time.Time{}) // the body is in; the handler may take its time
 	}
 	if err := v.verifySignature(r.Context(), &hs, &b.sum); err != nil {
-		if b.n == 0 && errors.Is(err, ErrSignatureMismatch) {
-			err = fmt.Errorf("%w (the body was empty: was it read before verification?)", err)
-		}
 		b.free(v)
-		return nil, "", err
+		return nil, "", emptyBodyHint(err, int(b.n))
 	}
 	body := b.bytes(v) // verified: no longer charged
 	r.Body = io.NopCloser(bytes.NewReader(body))

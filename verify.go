@@ -417,7 +417,7 @@ func (v *Verifier) verify(ctx context.Context, h http.Header, body []byte) (*Eve
 	}
 	sum := sha256.Sum256(body)
 	if err := v.verifySignature(ctx, &hs, &sum); err != nil {
-		return nil, err
+		return nil, emptyBodyHint(err, len(body))
 	}
 	return parseEvent(body, true)
 }
@@ -429,6 +429,15 @@ func (v *Verifier) startTimer() time.Time {
 		return time.Time{}
 	}
 	return time.Now()
+}
+
+// emptyBodyHint adds to a signature mismatch over an empty body the
+// likeliest cause: the body was read before verification.
+func emptyBodyHint(err error, n int) error {
+	if n == 0 && errors.Is(err, ErrSignatureMismatch) {
+		return fmt.Errorf("%w (the body was empty: was it read before verification?)", err)
+	}
+	return err
 }
 
 // checkHeaders runs the cheap checks: ParseHeaders, the user and the time

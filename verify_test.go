@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"strconv"
@@ -710,5 +711,26 @@ func TestErrorTextSaysThePrefixOnce(t *testing.T) {
 	}
 	if n := strings.Count(err.Error(), "falwebhook:"); n != 1 {
 		t.Errorf("%q says the prefix %d times", err, n)
+	}
+}
+
+// TestEmptyBodyHint checks that a mismatch over an empty body names the
+// likely cause: a router or middleware read the body before verification.
+func TestEmptyBodyHint(t *testing.T) {
+	signer := faltest.SignerFromName("verify-a")
+	v := NewVerifier(WithKeys(StaticKeys(signer.PublicKey())), WithClock(fixedClock(t0)))
+	d := signed(signer, "req-1", "user-1", t0, []byte(testBody))
+	const hint = "was it read before verification?"
+	if _, err := v.Verify(context.Background(), d.h, nil); !errors.Is(err, ErrSignatureMismatch) || !strings.Contains(err.Error(), hint) {
+		t.Errorf("Verify of an emptied body: %v, want a mismatch with the hint", err)
+	}
+	r := signer.NewRequest("/", faltest.Delivery{RequestID: "req-1", UserID: "user-1", Time: t0, Body: []byte(testBody)})
+	_, _ = io.ReadAll(r.Body) // a router bound the body first
+	if _, err := v.VerifyRequest(r); !errors.Is(err, ErrSignatureMismatch) || !strings.Contains(err.Error(), hint) {
+		t.Errorf("VerifyRequest of a consumed body: %v, want a mismatch with the hint", err)
+	}
+	d.h.Set(HeaderSignature, strings.Repeat("0", 128))
+	if _, err := v.Verify(context.Background(), d.h, d.body); strings.Contains(fmt.Sprint(err), hint) {
+		t.Errorf("a mismatch over a non-empty body got the hint: %v", err)
 	}
 }

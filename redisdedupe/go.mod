@@ -3,7 +3,7 @@ module github.com/falwebhook/falwebhook/redisdedupe
 go 1.25.0
 
 require (
-	github.com/falwebhook/falwebhook v0.0.0-00010101000000-000000000000
+	github.com/falwebhook/falwebhook v0.1.0
 	github.com/redis/go-redis/v9 v9.22.0
 )
 
