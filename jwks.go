@@ -218,6 +218,8 @@ func usableKey(m map[string]json.RawMessage) (ed25519.PublicKey, bool) {
 //
 //   - Keys live for TTL, or the response's Cache-Control max-age (less
 //     Age), clamped to [5 minutes, 24 hours] as fal asks.
+//   - A fetch must answer 200 with a document of at most 1 MiB that
+//     ParseJWKS accepts; anything else fails the fetch.
 //   - One fetch is in flight at a time and its result is shared by every
 //     waiter; a waiter gives up when its ctx is done without cancelling the
 //     fetch, which is bounded by FetchTimeout.
@@ -327,11 +329,12 @@ func (j *JWKS) setup() {
 	})
 }
 
+// ttl is the TTL setting; cacheTTL clamps whatever lifetime it settles on.
 func (j *JWKS) ttl() time.Duration {
 	if j.TTL == 0 {
 		return time.Hour
 	}
-	return min(max(j.TTL, minJWKSTTL), maxJWKSTTL)
+	return j.TTL
 }
 
 func (j *JWKS) cooldown() time.Duration {
@@ -341,12 +344,11 @@ func (j *JWKS) cooldown() time.Duration {
 	return max(j.Cooldown, minCooldown)
 }
 
+// maxStale is the MaxStale setting, at most 24 hours; a negative one, no
+// stale serving, stays negative.
 func (j *JWKS) maxStale() time.Duration {
-	switch {
-	case j.MaxStale == 0:
+	if j.MaxStale == 0 {
 		return maxJWKSTTL
-	case j.MaxStale < 0:
-		return 0
 	}
 	return min(j.MaxStale, maxJWKSTTL)
 }
@@ -582,7 +584,7 @@ func checkScheme(u *url.URL) error {
 }
 
 func isLoopback(host string) bool {
-	if host == "localhost" {
+	if strings.EqualFold(host, "localhost") {
 		return true
 	}
 	ip := net.ParseIP(host)
@@ -610,6 +612,18 @@ func withSchemeCheck(c *http.Client) *http.Client {
 	return &cc
 }
 
+// parseDelta parses HTTP delta-seconds: decimal digits, a value too large
+// to hold taken as the largest (RFC 9111, section 1.2.2).
+func parseDelta(s string) (int64, bool) {
+	if n, ok := parseDigits(s); ok {
+		return n, true
+	}
+	if s != "" && strings.Trim(s, "0123456789") == "" {
+		return 1<<63 - 1, true
+	}
+	return 0, false
+}
+
 // cacheTTL derives the keys' lifetime from Cache-Control max-age (less Age),
 // clamped to [5 minutes, 24 hours]; without max-age it is the TTL setting.
 // no-store and no-cache give the minimum.
@@ -622,11 +636,11 @@ func (j *JWKS) cacheTTL(h http.Header) time.Duration {
 			case d == "no-store" || d == "no-cache":
 				return minJWKSTTL
 			case strings.HasPrefix(d, "max-age="):
-				secs, ok := parseDigits(strings.Trim(d[len("max-age="):], `"`))
+				secs, ok := parseDelta(strings.Trim(d[len("max-age="):], `"`))
 				if !ok {
 					continue
 				}
-				if age, ok := parseDigits(h.Get("Age")); ok {
+				if age, ok := parseDelta(h.Get("Age")); ok {
 					secs -= min(age, secs)
 				}
 				secs = min(secs, int64(maxJWKSTTL/time.Second))
