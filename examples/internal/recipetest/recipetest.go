@@ -1,7 +1,8 @@
 // Package recipetest runs the same deliveries against every router recipe,
 // over a real loopback HTTP round trip, so that each recipe is held to the
 // same answers: 200 for a genuine delivery, 401 for a tampered body, 400 for
-// a repeated fal header, 403 for another fal account, one run per request id,
+// a repeated fal header, 403 for another fal account, one run per request id
+// (409 with Retry-After while it runs, 500 and a fresh run when it fails),
 // 413 over the body limit and 503 with Retry-After when the keys cannot be
 // had.
 package recipetest
@@ -144,6 +145,33 @@ func Run(t *testing.T, serve Serve) {
 		}
 	})
 
+	t.Run("redelivery while the handler runs", func(t *testing.T) {
+		f := Start(t, serve)
+		entered, release := f.HoldNext()
+		t.Cleanup(release) // before the server's cleanup, which waits for the handler
+		first := make(chan Answer, 1)
+		go func() { first <- f.Deliver(f.Signed("req-busy", Body("req-busy"))) }()
+		select {
+		case <-entered:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the handler never received the first delivery")
+		}
+		d := f.sign(faltest.Delivery{RequestID: "req-busy", Time: now.Add(time.Second), Body: Body("req-busy")})
+		a := f.Deliver(d)
+		a.Want(t, http.StatusConflict)
+		if got := a.Header.Get(falwebhook.HeaderDuplicate); got != "in-progress" {
+			t.Errorf("redelivery during the handler answered %s %q, want \"in-progress\"", falwebhook.HeaderDuplicate, got)
+		}
+		if a.Header.Get("Retry-After") == "" {
+			t.Error("409 without Retry-After: fal is not told to retry later")
+		}
+		release()
+		(<-first).Want(t, http.StatusOK)
+		if n := len(f.Events()); n != 1 {
+			t.Fatalf("handler ran %d times for one request id, want 1", n)
+		}
+	})
+
 	t.Run("a failed handler runs again on redelivery", func(t *testing.T) {
 		f := Start(t, serve)
 		f.FailNext()
@@ -198,9 +226,17 @@ type Fixture struct {
 	Setup  Setup               // what the recipe was built from
 	client *http.Client        // to URL
 	done   chan string         // request ids completed or released by the dedupe store
-	mu     sync.Mutex          // guards events and fail
+	mu     sync.Mutex          // guards events, fail and hold
 	events []*falwebhook.Event // every event Handle received
 	fail   bool                // Handle fails once
+	hold   *gate               // Handle waits at it once
+}
+
+// gate is where a held handler waits.
+type gate struct {
+	entered chan struct{} // closed when the handler arrives
+	release chan struct{} // closed to let it return
+	once    sync.Once     // guards closing release
 }
 
 // Start builds a verifier pinned to UserID, with MaxBodySize, a fixed
@@ -236,8 +272,17 @@ func Start(t *testing.T, serve Serve) *Fixture {
 	return f
 }
 
-// handle records ev, failing when FailNext asked it to.
+// handle records ev, waiting when HoldNext asked it to and failing when
+// FailNext did.
 func (f *Fixture) handle(_ context.Context, ev *falwebhook.Event) error {
+	f.mu.Lock()
+	g := f.hold
+	f.hold = nil
+	f.mu.Unlock()
+	if g != nil {
+		close(g.entered)
+		<-g.release
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.events = append(f.events, ev)
@@ -246,6 +291,17 @@ func (f *Fixture) handle(_ context.Context, ev *falwebhook.Event) error {
 		return errors.New("handler failed on purpose")
 	}
 	return nil
+}
+
+// HoldNext makes the next call of the handler wait until release is
+// called; entered is closed when it starts waiting. release may be called
+// more than once.
+func (f *Fixture) HoldNext() (entered <-chan struct{}, release func()) {
+	g := &gate{entered: make(chan struct{}), release: make(chan struct{})}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.hold = g
+	return g.entered, func() { g.once.Do(func() { close(g.release) }) }
 }
 
 // FailNext makes the next call of the handler fail.
