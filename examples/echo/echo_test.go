@@ -1,0 +1,57 @@
+package echo_test
+
+import (
+	"net/http"
+	"testing"
+
+	"github.com/falwebhook/falwebhook"
+	recipe "github.com/falwebhook/falwebhook/examples/echo"
+	"github.com/falwebhook/falwebhook/examples/internal/recipetest"
+	"github.com/labstack/echo/v4"
+)
+
+func TestRecipe(t *testing.T) {
+	recipetest.Run(t, recipetest.HTTPServer(func(s recipetest.Setup) http.Handler {
+		return recipe.New(s.Verifier, s.Dedupe, s.Handle)
+	}))
+}
+
+// delivery is the part of a delivery's body the routes below bind.
+type delivery struct {
+	RequestID string `json:"request_id"`
+	Payload   struct {
+		Seed uint64 `json:"seed"`
+	} `json:"payload"`
+}
+
+// After verification the handler reads the body again with c.Bind; binding
+// before verifying leaves the verifier an empty body.
+func TestBinding(t *testing.T) {
+	bound := make(chan delivery, 1)
+	f := recipetest.Start(t, recipetest.HTTPServer(func(s recipetest.Setup) http.Handler {
+		e := recipe.New(s.Verifier, s.Dedupe, s.Handle)
+		e.POST("/after", func(c echo.Context) error {
+			var b delivery
+			if err := c.Bind(&b); err != nil {
+				return err
+			}
+			bound <- b
+			return c.NoContent(http.StatusOK)
+		}, echo.WrapMiddleware(s.Verifier.Middleware))
+		e.POST("/before", func(c echo.Context) error {
+			var early delivery
+			_ = c.Bind(&early)
+			if _, err := s.Verifier.VerifyRequest(c.Request()); err != nil {
+				falwebhook.WriteError(c.Response(), err)
+			}
+			return nil
+		})
+		return e
+	}))
+
+	f.Do(http.MethodPost, "/after", f.Signed("req-bind", recipetest.Body("req-bind"))).Want(t, http.StatusOK)
+	if b := <-bound; b.RequestID != "req-bind" || b.Payload.Seed != recipetest.Seed {
+		t.Errorf("bound request %q seed %d after verification, want req-bind %d", b.RequestID, b.Payload.Seed, recipetest.Seed)
+	}
+	f.Do(http.MethodPost, "/before", f.Signed("req-early", recipetest.Body("req-early"))).Want(t, http.StatusUnauthorized)
+}
