@@ -259,7 +259,7 @@ func (d *Dedupe) Middleware(next http.Handler) http.Handler {
 			}
 			l.ErrorContext(r.Context(), "falwebhook: Dedupe.Middleware got a request that no Verifier checked; refusing it (wrap it in Verifier.Middleware, or use WithDedupe)",
 				slog.String("path", r.URL.Path), slog.String("remote", r.RemoteAddr))
-			writeStatus(w, http.StatusInternalServerError)
+			write(w, 0, errors.New("unverified"))
 			return
 		}
 		d.serve(w, r, id, next, nil, nil)
@@ -301,19 +301,8 @@ func (d *Dedupe) serve(w http.ResponseWriter, r *http.Request, id string, next h
 	// store never holds up fal.
 	answered := func() { _ = http.NewResponseController(sw).Flush() }
 	state, err := d.do(r.Context(), id, run, doHooks{claimed: claimed, answered: answered}, logger)
-	switch {
-	case state == ClaimCompleted:
-		h := w.Header()
-		h.Set(HeaderDuplicate, "completed")
-		h.Set("Content-Type", "text/plain; charset=utf-8")
-		h.Set("X-Content-Type-Options", "nosniff")
-		w.WriteHeader(http.StatusOK)
-		_, _ = w.Write([]byte("OK (duplicate delivery, already processed)\n"))
-	case state == ClaimInProgress:
-		w.Header().Set(HeaderDuplicate, "in-progress")
-		writeStatus(w, http.StatusConflict)
-	case state == 0 && err != nil:
-		writeStatus(w, StatusCode(err))
+	if state == ClaimCompleted || state == ClaimInProgress || state == 0 && err != nil {
+		write(w, state, err)
 	}
 }
 

@@ -86,30 +86,61 @@ func StatusCode(err error) int {
 }
 
 // WriteError writes the default response to a rejected request: the status
-// given by StatusCode(err) with its standard text, plus Allow: POST on 405,
-// Retry-After on 503, and Connection: close on 413, ErrOverloaded and
-// ErrReadBody so that the rest of the body is not read. It never reveals the error's
-// detail. A handler set by WithErrorHandler can fall back on it, and
-// routers other than net/http can use it through their
-// http.ResponseWriter.
+// and headers Answer(0, err) gives, with the status's standard text. It
+// never reveals the error's detail. A handler set by WithErrorHandler can
+// fall back on it, and routers other than net/http can use it through
+// their http.ResponseWriter.
 func WriteError(w http.ResponseWriter, err error) {
-	if errors.Is(err, ErrOverloaded) || errors.Is(err, ErrReadBody) {
-		w.Header().Set("Connection", "close")
-	}
-	writeStatus(w, StatusCode(err))
+	write(w, 0, err)
 }
 
-// writeStatus writes a short, generic response for code.
-func writeStatus(w http.ResponseWriter, code int) {
-	switch code {
-	case http.StatusMethodNotAllowed:
-		w.Header().Set("Allow", http.MethodPost)
-	case http.StatusServiceUnavailable, http.StatusConflict:
-		w.Header().Set("Retry-After", retryAfterSeconds)
-	case http.StatusRequestEntityTooLarge:
-		w.Header().Set("Connection", "close")
+// Answer returns the status and the headers to answer fal with, for code
+// that writes its responses without an http.ResponseWriter (fiber, a
+// Lambda event): state 0 and an error from Verify, VerifyRequest or
+// ParseEvent, or the results of Dedupe.Do. The middleware and WriteError
+// answer the same way:
+//
+//	err == nil, state 0 or ClaimAcquired  200
+//	ClaimCompleted                        200, HeaderDuplicate: completed
+//	ClaimInProgress                       409, Retry-After, HeaderDuplicate: in-progress
+//	an error                              StatusCode(err), with Allow: POST on 405, Retry-After on 503,
+//	                                      and Connection: close on 413, ErrOverloaded and ErrReadBody
+//	                                      so that the rest of the body is not read
+func Answer(state ClaimState, err error) (status int, header http.Header) {
+	header = http.Header{}
+	switch state {
+	case ClaimCompleted:
+		header.Set(HeaderDuplicate, "completed")
+		return http.StatusOK, header
+	case ClaimInProgress:
+		header.Set(HeaderDuplicate, "in-progress")
+		header.Set("Retry-After", retryAfterSeconds)
+		return http.StatusConflict, header
 	}
-	http.Error(w, http.StatusText(code), code)
+	status = StatusCode(err)
+	switch {
+	case status == http.StatusMethodNotAllowed:
+		header.Set("Allow", http.MethodPost)
+	case status == http.StatusServiceUnavailable:
+		header.Set("Retry-After", retryAfterSeconds)
+	}
+	if status == http.StatusRequestEntityTooLarge || errors.Is(err, ErrOverloaded) || errors.Is(err, ErrReadBody) {
+		header.Set("Connection", "close")
+	}
+	return status, header
+}
+
+// write writes the answer Answer gives, with a short generic text.
+func write(w http.ResponseWriter, state ClaimState, err error) {
+	code, header := Answer(state, err)
+	for k, vs := range header {
+		w.Header()[k] = vs
+	}
+	text := http.StatusText(code)
+	if state == ClaimCompleted {
+		text = "OK (duplicate delivery, already processed)"
+	}
+	http.Error(w, text, code)
 }
 
 // contextKey is a pointer so that no other package can plant a verified
@@ -164,6 +195,9 @@ func (v *Verifier) VerifyRequest(r *http.Request) (*Event, error) {
 	start := v.startTimer()
 	ev, _, err := v.verifyRequest(nil, r)
 	v.observe(r.Context(), r.Header, start, outcome(err), err, StatusCode(err))
+	if err != nil {
+		v.logRejection(r.Context(), r.Header, r.RemoteAddr, err)
+	}
 	return ev, err
 }
 
@@ -261,20 +295,9 @@ func (v *Verifier) Handler(f func(w http.ResponseWriter, r *http.Request, ev *Ev
 
 // reject answers a request that failed verification.
 func (v *Verifier) reject(w http.ResponseWriter, r *http.Request, err error) {
-	code := StatusCode(err)
-	if l := v.logger; l != nil {
-		level := slog.LevelWarn
-		if code >= 500 {
-			level = slog.LevelError
-		}
-		l.LogAttrs(r.Context(), level, "falwebhook: rejected delivery",
-			slog.Int("status", code),
-			slog.String("err", err.Error()),
-			slog.String("request_id", firstRequestID(r.Header)),
-			slog.String("remote", r.RemoteAddr))
-	}
+	v.logRejection(r.Context(), r.Header, r.RemoteAddr, err)
 	if v.onError != nil {
-		if code == http.StatusRequestEntityTooLarge || errors.Is(err, ErrOverloaded) || errors.Is(err, ErrReadBody) {
+		if _, h := Answer(0, err); h.Get("Connection") == "close" {
 			// Do not let the server read the rest of the body.
 			w.Header().Set("Connection", "close")
 		}
@@ -282,6 +305,29 @@ func (v *Verifier) reject(w http.ResponseWriter, r *http.Request, err error) {
 		return
 	}
 	WriteError(w, err)
+}
+
+// logRejection logs a rejected delivery when a logger is set: keys
+// unavailable and other 5xx at Error level, everything else at Warn.
+func (v *Verifier) logRejection(ctx context.Context, h http.Header, remote string, err error) {
+	l := v.logger
+	if l == nil {
+		return
+	}
+	code := StatusCode(err)
+	level := slog.LevelWarn
+	if code >= 500 {
+		level = slog.LevelError
+	}
+	attrs := []slog.Attr{
+		slog.Int("status", code),
+		slog.String("err", err.Error()),
+		slog.String("request_id", firstRequestID(h)),
+	}
+	if remote != "" {
+		attrs = append(attrs, slog.String("remote", remote))
+	}
+	l.LogAttrs(ctx, level, "falwebhook: rejected delivery", attrs...)
 }
 
 // firstRequestID returns the first X-Fal-Webhook-Request-Id value in h,

@@ -930,3 +930,63 @@ func TestWriteError(t *testing.T) {
 		}
 	}
 }
+
+// TestAnswer checks the answer for each outcome, as code without an
+// http.ResponseWriter writes it, and that WriteError writes the same.
+func TestAnswer(t *testing.T) {
+	for _, tt := range []struct {
+		state  ClaimState
+		err    error
+		code   int
+		header map[string]string
+	}{
+		{0, nil, 200, nil},
+		{ClaimAcquired, nil, 200, nil},
+		{ClaimCompleted, nil, 200, map[string]string{HeaderDuplicate: "completed"}},
+		{ClaimInProgress, nil, 409, map[string]string{HeaderDuplicate: "in-progress", "Retry-After": "60"}},
+		{ClaimAcquired, errors.New("handler failed"), 500, nil},
+		{0, fmt.Errorf("%w: claim: down", ErrDedupeStore), 503, map[string]string{"Retry-After": "60"}},
+		{0, ErrKeysUnavailable, 503, map[string]string{"Retry-After": "60"}},
+		{0, ErrOverloaded, 503, map[string]string{"Retry-After": "60", "Connection": "close"}},
+		{0, ErrMethodNotAllowed, 405, map[string]string{"Allow": "POST"}},
+		{0, ErrBodyTooLarge, 413, map[string]string{"Connection": "close"}},
+		{0, ErrReadBody, 400, map[string]string{"Connection": "close"}},
+		{0, ErrSignatureMismatch, 401, nil},
+		{0, ErrUnexpectedUser, 403, nil},
+	} {
+		code, h := Answer(tt.state, tt.err)
+		if code != tt.code || len(h) != len(tt.header) {
+			t.Errorf("Answer(%d, %v) = %d %v, want %d %v", tt.state, tt.err, code, h, tt.code, tt.header)
+			continue
+		}
+		for k, v := range tt.header {
+			if h.Get(k) != v {
+				t.Errorf("Answer(%d, %v): %s %q, want %q", tt.state, tt.err, k, h.Get(k), v)
+			}
+		}
+		if tt.state == 0 && tt.err != nil {
+			w := httptest.NewRecorder()
+			WriteError(w, tt.err)
+			for k, v := range tt.header {
+				if w.Header().Get(k) != v || w.Code != code {
+					t.Errorf("WriteError(%v): %d %v, want what Answer gives", tt.err, w.Code, w.Header())
+				}
+			}
+		}
+	}
+}
+
+// TestVerifyLogsAndBoundsBody checks that Verify, like the middleware, logs
+// a rejection and refuses a body over the limit.
+func TestVerifyLogsAndBoundsBody(t *testing.T) {
+	var logs bytes.Buffer
+	v := newMWVerifier(WithLogger(slog.New(slog.NewJSONHandler(&logs, nil))), WithMaxBodySize(64))
+	r := mwGenuine(mwBody)
+	body, _ := io.ReadAll(r.Body)
+	if _, err := v.Verify(context.Background(), r.Header, body); !errors.Is(err, ErrBodyTooLarge) {
+		t.Fatalf("Verify of a %d-byte body with a 64-byte limit: %v, want ErrBodyTooLarge", len(body), err)
+	}
+	if !strings.Contains(logs.String(), `"msg":"falwebhook: rejected delivery"`) || !strings.Contains(logs.String(), `"status":413`) {
+		t.Errorf("Verify's rejection was not logged: %s", logs.String())
+	}
+}

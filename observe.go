@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"strings"
 	"time"
 )
 
@@ -113,7 +114,9 @@ func (v *Verifier) observe(ctx context.Context, h http.Header, start time.Time, 
 	}
 	d := DeliveryInfo{Outcome: out, Err: err, Status: status, Duration: time.Since(start)}
 	if hs, herr := ParseHeaders(h); herr == nil {
-		d.RequestID, d.UserID = hs.RequestID, hs.UserID
+		// Copies: some routers (fasthttp) reuse the header's memory after
+		// the request, and an Observer may keep these.
+		d.RequestID, d.UserID = strings.Clone(hs.RequestID), strings.Clone(hs.UserID)
 	}
 	v.observer.ObserveDelivery(ctx, d)
 }

@@ -335,7 +335,8 @@ func WithClock(now func() time.Time) Option {
 }
 
 // WithLogger makes the Verifier log each rejected request, with the precise
-// reason, to l: keys unavailable at Error level, everything else at Warn.
+// reason, to l, from every entry point: keys unavailable and other 5xx at
+// Error level, everything else at Warn.
 // Responses never carry the reason. The default JWKS logs its fetches to l,
 // and a Dedupe without a Logger of its own logs there too. By default
 // nothing is logged.
@@ -400,13 +401,18 @@ func (v *Verifier) Refresh(ctx context.Context) error {
 //
 // Verify is for callers that hold the raw body, such as fiber (pass
 // http.Header(c.GetReqHeaders()) and c.Request().Body(), which is not
-// decompressed) or AWS Lambda. Give it every value of every header, so that
+// decompressed) or AWS Lambda. A body over the limit (WithMaxBodySize) is
+// refused with ErrBodyTooLarge; bound the read yourself too, since the body
+// is already in memory. Give it every value of every header, so that
 // a repeated fal header is seen and rejected. The event does not share
 // memory with body. Errors match the sentinels listed at StatusCode.
 func (v *Verifier) Verify(ctx context.Context, h http.Header, body []byte) (*Event, error) {
 	start := v.startTimer()
 	ev, err := v.verify(ctx, h, body)
 	v.observe(ctx, h, start, outcome(err), err, StatusCode(err))
+	if err != nil {
+		v.logRejection(ctx, h, "", err)
+	}
 	return ev, err
 }
 
@@ -414,6 +420,9 @@ func (v *Verifier) verify(ctx context.Context, h http.Header, body []byte) (*Eve
 	hs, err := v.checkHeaders(h)
 	if err != nil {
 		return nil, err
+	}
+	if int64(len(body)) > v.maxBody {
+		return nil, fmt.Errorf("%w: %d bytes, more than %d", ErrBodyTooLarge, len(body), v.maxBody)
 	}
 	sum := sha256.Sum256(body)
 	if err := v.verifySignature(ctx, &hs, &sum); err != nil {

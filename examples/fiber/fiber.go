@@ -40,28 +40,21 @@ func New(v *falwebhook.Verifier, d *falwebhook.Dedupe, handle func(context.Conte
 	app.Post("/fal/webhook", func(c *fiber.Ctx) error {
 		ev, err := v.Verify(c.UserContext(), http.Header(c.GetReqHeaders()), c.Request().Body())
 		if err != nil {
-			return answer(c, falwebhook.StatusCode(err))
+			return answer(c, 0, err)
 		}
+		// The store failing gives state 0 and a 503; handle failing, a 500.
 		state, err := d.Do(c.UserContext(), ev.RequestID, func(ctx context.Context) error { return handle(ctx, ev) })
-		switch {
-		case state == falwebhook.ClaimCompleted:
-			c.Set(falwebhook.HeaderDuplicate, "completed")
-		case state == falwebhook.ClaimInProgress:
-			c.Set(falwebhook.HeaderDuplicate, "in-progress")
-			return answer(c, fiber.StatusConflict)
-		case err != nil: // the store failed (503) or handle did (500)
-			return answer(c, falwebhook.StatusCode(err))
-		}
-		return c.SendStatus(fiber.StatusOK)
+		return answer(c, state, err)
 	})
 	return app
 }
 
-// answer sends code with Retry-After on 409 and 503, as
-// falwebhook.WriteError does, so that fal retries later.
-func answer(c *fiber.Ctx, code int) error {
-	if code == fiber.StatusConflict || code == fiber.StatusServiceUnavailable {
-		c.Set(fiber.HeaderRetryAfter, "60")
+// answer sends what falwebhook.Answer gives: the status, with Retry-After
+// and Falwebhook-Duplicate where they belong.
+func answer(c *fiber.Ctx, state falwebhook.ClaimState, err error) error {
+	code, header := falwebhook.Answer(state, err)
+	for k := range header {
+		c.Set(k, header.Get(k))
 	}
 	return c.SendStatus(code)
 }
