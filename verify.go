@@ -28,7 +28,8 @@
 //	Verify         you hold the headers and the raw body (fiber/fasthttp, AWS Lambda, a queue)
 //
 // All four answer the same question with the same errors; StatusCode maps an
-// error to the HTTP status to answer, and WriteError writes it.
+// error to the HTTP status to answer, WriteError writes it, and Answer gives
+// the status and headers to code that has no http.ResponseWriter.
 //
 //	v := falwebhook.NewVerifier()
 //	mux.Handle("POST /fal/webhook", v.Handler(func(w http.ResponseWriter, r *http.Request, ev *falwebhook.Event) {
