@@ -473,14 +473,13 @@ func serve(ctx context.Context, sv servers, rc *receiver, timeout time.Duration,
 // Verifier's middleware, so that it covers the forward too and its trace
 // context reaches the app; the Verifier's own span (falotel's
 // falwebhook.delivery) is its child. A traceparent sent with the delivery
-// is not trusted: each delivery starts a trace.
+// is not trusted (it is not extracted): each delivery starts a trace.
 func (rc *receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !rc.matchPath(r.URL.Path) {
 		http.NotFound(w, r)
 		return
 	}
 	ctx, span := rc.tracer.Start(r.Context(), r.Method+" "+rc.path,
-		trace.WithNewRoot(),
 		trace.WithSpanKind(trace.SpanKindServer),
 		trace.WithAttributes(
 			semconv.HTTPRequestMethodKey.String(r.Method),
