@@ -152,6 +152,7 @@ type readiness struct {
 	static      bool       // keys from a file: always loaded
 	keysUntil   time.Time  // the fetched keys serve until then; zero: never fetched
 	lastRefresh time.Time  // when check last started a refresh
+	refreshes   int        // how many refreshes check started
 }
 
 // fetched records a JWKS fetch.
@@ -178,6 +179,7 @@ func (rd *readiness) check(ctx context.Context) []string {
 	kick := !static && !now.Before(until) && rd.refresh != nil && !now.Before(rd.lastRefresh.Add(readyRefreshEvery))
 	if kick {
 		rd.lastRefresh = now
+		rd.refreshes++
 	}
 	rd.mu.Unlock()
 	switch {

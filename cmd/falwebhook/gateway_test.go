@@ -1,7 +1,9 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"net"
@@ -13,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/falwebhook/falwebhook"
 	"github.com/falwebhook/falwebhook/faltest"
 )
 
@@ -354,4 +357,51 @@ func TestRedisOptions(t *testing.T) {
 			t.Errorf("redisOptions(%q) succeeded", bad)
 		}
 	}
+}
+
+// TestReadiness checks the keys' part of readiness against a clock: ready
+// until MaxStale past the expiry of the newest fetched keys, failed fetches
+// changing nothing, and a refresh started at most every 10s while not
+// ready.
+func TestReadiness(t *testing.T) {
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	refreshed := make(chan struct{}, 10)
+	rd := &readiness{
+		now:     func() time.Time { return now },
+		refresh: func(context.Context) error { refreshed <- struct{}{}; return errors.New("down") },
+	}
+	check := func(want string, refreshes int) {
+		t.Helper()
+		if got := strings.Join(rd.check(context.Background()), "; "); got != want {
+			t.Errorf("at %s: check = %q, want %q", now.Format(time.TimeOnly), got, want)
+		}
+		rd.mu.Lock()
+		n := rd.refreshes
+		rd.mu.Unlock()
+		if n != refreshes {
+			t.Errorf("at %s: %d refreshes started, want %d", now.Format(time.TimeOnly), n, refreshes)
+		}
+	}
+	const never = "keys: no JWKS fetch has succeeded yet"
+	check(never, 1)
+	<-refreshed
+	now = now.Add(9 * time.Second)
+	check(never, 1)
+	rd.fetched(falwebhook.FetchInfo{Err: errors.New("down")})
+	now = now.Add(time.Second)
+	check(never, 2)
+	<-refreshed
+
+	rd.fetched(falwebhook.FetchInfo{Keys: 1, Expiry: now.Add(time.Hour)})
+	rd.fetched(falwebhook.FetchInfo{Keys: 1, Expiry: now.Add(time.Minute)}) // an older fetch reported late
+	check("", 2)
+	now = now.Add(time.Hour + keysMaxStale - time.Second)
+	check("", 2)
+	now = now.Add(time.Second)
+	check("keys: the last good keys expired more than 24h0m0s ago", 3)
+	<-refreshed
+
+	rd.stopping.Store(true)
+	rd.static = true
+	check("shutting down", 3)
 }
