@@ -34,7 +34,7 @@ import (
 func unavailable(t *testing.T, msg string) {
 	t.Helper()
 	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s; CI must provide it (.ci/redis.sh installs redis-server)", msg)
+		t.Fatalf("%s; CI must provide it (.ci/install-redis.sh installs it)", msg)
 	}
 	t.Skipf("%s; skipping (install redis-server to run it)", msg)
 }
