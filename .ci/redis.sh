@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the redisdedupe module's tests against a real Redis.
 #
-# Installs redis-server when it is absent (Debian's package), starts one on
+# Installs redis-server when it is absent (.ci/install-redis.sh), starts one on
 # 127.0.0.1 on a free port without persistence, waits for PONG, exports
 # FALWEBHOOK_REDIS_ADDR, runs `go test -race ./...` in redisdedupe/ and
 # stops the server, whatever the outcome. Arguments are passed on to go test.
@@ -15,12 +15,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
-if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
-	echo "redis.sh: installing redis-server" >&2
-	export DEBIAN_FRONTEND=noninteractive
-	apt-get update -qq
-	apt-get install -y -qq redis-server >/dev/null
-fi
+bash .ci/install-redis.sh
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()' 2>/dev/null || true)
 if [ -z "$port" ]; then

@@ -46,6 +46,8 @@ func reason(err error) string {
 		return "not a fal event"
 	case errors.Is(err, falwebhook.ErrDedupeStore):
 		return "dedupe store failed"
+	case errors.Is(err, falwebhook.ErrOverloaded):
+		return "overloaded"
 	default:
 		return "error"
 	}

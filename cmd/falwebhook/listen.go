@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -16,15 +15,27 @@ import (
 	"sync"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	semconv "go.opentelemetry.io/otel/semconv/v1.40.0"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/falwebhook/falwebhook"
+	"github.com/falwebhook/falwebhook/redisdedupe"
 )
 
 const listenDescription = `
 Listen runs a webhook receiver that verifies every delivery with falwebhook's
-Verifier and Middleware, on any path, and prints one line per delivery: time,
-HTTP status answered, request id, user id, event status, verdict. Genuine
-deliveries are answered 200; forged or malformed ones 400/401; 503 when keys
-cannot be fetched, so that fal retries.
+Verifier and Middleware, at --path (default /fal/webhook; a path ending in /
+takes everything under it, so --path / takes any path; other paths get 404),
+and prints one line per delivery: time, HTTP status answered, request id,
+user id, event status, verdict. Genuine deliveries are answered 200; forged
+or malformed ones 400/401; 503 when keys cannot be fetched, so that fal
+retries. Bodies are limited to --max-body (default 25MiB), and the bytes
+of bodies not yet verified, across all deliveries, to --body-budget
+(default 64MiB or twice --max-body; beyond it 503, so that fal retries);
+a body must arrive within 30s.
 
 The user id is the fal account a delivery is for. With --user-id
 (repeatable) only deliveries for those users are accepted; any other is
@@ -33,26 +44,42 @@ your URL. Run without it once to see yours.
 
 Deliveries are deduplicated in memory by request id: a repeat of one that
 was handled with a 2xx (a retry by fal, or a replayed capture inside the
-timestamp window) is answered 200 and not handled again. --no-dedupe turns
-this off.
+timestamp window) is answered 200 and not handled again. With --redis the
+record is kept in Redis instead, shared by every listen pointed at it, so
+that replicas behind a load balancer handle each delivery once between them
+(while Redis cannot be reached, deliveries are answered 503 and fal
+retries). --no-dedupe turns dedupe off.
 
 With --forward URL, each verified delivery is POSTed to your app, in any
 language, at exactly URL (the delivery's own query string is dropped), with
 the body byte for byte and only these headers: the four X-Fal-Webhook-*
 (so the app can verify it again), Content-Type: application/json,
 Content-Length, X-Forwarded-For/-Host/-Proto (ours; the sender's are
-dropped) and Falwebhook-Verified: true (trust it only when nothing but
-listen can reach the app). The app's answer is relayed back to fal; when the
-app cannot be reached within --forward-timeout the answer is 502.
-Deliveries that fail verification never reach the app.
+dropped), Falwebhook-Verified: true (trust it only when nothing but
+listen can reach the app) and a W3C traceparent naming the delivery's
+trace (the sender's own is dropped). The app's answer is relayed back to
+fal; when the app cannot be reached within --forward-timeout the answer is
+502. Deliveries that fail verification never reach the app.
 
 Keys come from --jwks: fal's JWKS URL by default (cached, refreshed as fal
 rotates keys), another URL, or a JWKS file such as keygen writes.
 
+A second listener, --admin-addr (default 127.0.0.1:8788; "" turns it
+off), serves /healthz (200 while the process runs), /readyz (200 when keys
+are loaded and, with --redis, Redis answers a PING within 1s; otherwise 503
+saying what is not ready, and keys not loaded are fetched again, at most
+every 10s) and /metrics (Prometheus text: deliveries by
+outcome, verification time, JWKS fetches, keys and their age, Go runtime).
+Keep it off the public network.
+
 The first line on stdout is "listening on http://ADDR" (with --json, the
-object {"listening":"http://ADDR"}), so --addr 127.0.0.1:0 picks a free port.
-On SIGINT or SIGTERM the server stops accepting and waits, up to
---shutdown-timeout, for deliveries in flight to finish; exit status 0 then.`
+object {"listening":"http://ADDR"}), so --addr 127.0.0.1:0 picks a free port;
+the second is "admin on http://ADDR" ({"admin":"http://ADDR"}). With --json
+the delivery lines are JSON objects carrying the trace id, and the messages
+on stderr are JSON too (log/slog). On SIGINT or SIGTERM /readyz turns 503,
+the server stops accepting and waits, up to --shutdown-timeout, for
+deliveries in flight and their dedupe bookkeeping to finish; exit status 0
+then.`
 
 // headerVerified marks a request forwarded to the app as verified.
 const headerVerified = "Falwebhook-Verified"
@@ -60,8 +87,11 @@ const headerVerified = "Falwebhook-Verified"
 // listenFlags are listen's flags.
 type listenFlags struct {
 	addr, jwks, forward string
+	path, adminAddr     string
+	redis               string
 	jsonOut, noDedupe   bool
 	userIDs             stringList
+	maxBody, bodyBudget sizeFlag
 	forwardTimeout      *time.Duration
 	tolerance           *time.Duration
 	shutdownTimeout     *time.Duration
@@ -81,6 +111,7 @@ type listenLine struct {
 	Error         string `json:"error,omitempty"`
 	ForwardStatus int    `json:"forward_status,omitempty"`
 	ForwardError  string `json:"forward_error,omitempty"`
+	TraceID       string `json:"trace_id,omitempty"`
 }
 
 // receiver is the listen command's HTTP handler, and the Observer of its
@@ -91,9 +122,13 @@ type receiver struct {
 	forward *url.URL
 	timeout time.Duration // per forward
 	userIDs []string      // pinned; nil: any user
+	path    string        // --path
 	jsonOut bool
 	out     *syncWriter
 	now     func() time.Time
+	tracer  trace.Tracer        // the delivery's span, around the middleware
+	otel    falwebhook.Observer // metrics and the verification's span
+	ready   *readiness
 
 	mu      sync.Mutex // guards fetched
 	fetched int        // usable keys of the last successful JWKS fetch
@@ -103,6 +138,7 @@ type receiver struct {
 // used by one request's goroutine only.
 type record struct {
 	d         falwebhook.DeliveryInfo // the Verifier's account of it
+	traceID   string
 	ev        *falwebhook.Event
 	status    int // what accept or the proxy answered; 0 when the Verifier did
 	forwarded bool
@@ -129,18 +165,48 @@ func runListen(ctx context.Context, e *env, args []string) int {
 	stderr := &syncWriter{w: e.stderr}
 	e = &env{stdin: e.stdin, stdout: e.stdout, stderr: stderr}
 	fail := func(format string, args ...any) int { return e.errorf(exitUsage, "listen", format, args...) }
-	info := func(format string, args ...any) { e.errorf(0, "listen", format, args...) }
+	lg := newListenLog(stderr, f.jsonOut)
+	info := lg.info
+	redisLogTo.Store(lg)
+	defer redisLogTo.CompareAndSwap(lg, nil)
 
-	rc := &receiver{timeout: *f.forwardTimeout, userIDs: f.userIDs, jsonOut: f.jsonOut, out: &syncWriter{w: e.stdout}, now: time.Now}
+	tel, err := newTelemetry(ctx)
+	if err != nil {
+		return fail("%v", err)
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = tel.shutdown(sctx)
+	}()
+	rc := &receiver{
+		timeout: *f.forwardTimeout, userIDs: f.userIDs, path: f.path, jsonOut: f.jsonOut,
+		out: &syncWriter{w: e.stdout}, now: time.Now,
+		tracer: tel.tp.Tracer("github.com/falwebhook/falwebhook/cmd/falwebhook"),
+		otel:   tel.obs,
+		ready:  &readiness{now: time.Now},
+	}
 	if f.forward != "" {
 		u, err := url.Parse(f.forward)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			return fail("--forward %q: want http://host[:port]/path", f.forward)
 		}
 		rc.forward = u
-		rc.proxy = rc.newProxy(stderr)
+		rc.proxy = rc.newProxy(lg)
 	}
-	opts, warm, dd, err := rc.verifierOptions(f)
+	var rdb *redis.Client
+	if f.redis != "" {
+		o, err := redisOptions(f.redis)
+		if err != nil {
+			return fail("--redis: %v", err)
+		}
+		rdb = redis.NewClient(o)
+		defer rdb.Close()
+		pinger := pingClient(o)
+		defer pinger.Close()
+		rc.ready.ping = func(ctx context.Context) error { return pinger.Ping(ctx).Err() }
+	}
+	opts, warm, dd, err := rc.verifierOptions(f, rdb, lg)
 	if err != nil {
 		return fail("%v", err)
 	}
@@ -150,10 +216,24 @@ func runListen(ctx context.Context, e *env, args []string) int {
 	if err != nil {
 		return fail("%v", err)
 	}
-	rc.announce("http://" + ln.Addr().String())
-	rc.describeSetup(ctx, f, warm, info)
+	var adminLn net.Listener
+	if f.adminAddr != "" {
+		if adminLn, err = net.Listen("tcp", f.adminAddr); err != nil {
+			ln.Close()
+			return fail("--admin-addr: %v", err)
+		}
+	}
+	rc.announce("listening", "http://"+ln.Addr().String())
+	if adminLn != nil {
+		rc.announce("admin", "http://"+adminLn.Addr().String())
+	}
+	rc.describeSetup(ctx, f, warm, rdb, info)
 
-	if err := serve(ctx, ln, rc, *f.shutdownTimeout, dd, stderr, info); err != nil {
+	var admin http.Handler
+	if adminLn != nil {
+		admin = adminHandler(rc.ready, tel.reg, lg.std("metrics: "))
+	}
+	if err := serve(ctx, servers{ln: ln, adminLn: adminLn, admin: admin}, rc, *f.shutdownTimeout, dd, lg); err != nil {
 		return fail("%v", err)
 	}
 	return exitOK
@@ -165,8 +245,13 @@ func parseListenFlags(e *env, args []string) (f *listenFlags, code int, ok bool)
 	fs := newFlagSet(e, "listen", "[flags]", listenDescription)
 	f = &listenFlags{}
 	fs.StringVar(&f.addr, "addr", "127.0.0.1:8787", "listen on `host:port` (port 0 picks a free one)")
+	fs.StringVar(&f.path, "path", "/fal/webhook", "take deliveries at this `path` (ending in /: everything under it)")
+	fs.StringVar(&f.adminAddr, "admin-addr", "127.0.0.1:8788", "serve /healthz, /readyz and /metrics on `host:port` (\"\": off)")
+	fs.StringVar(&f.redis, "redis", "", "dedupe in the Redis at `host:port or redis:// URL`, shared by replicas (default: in memory)")
+	fs.Var(&f.maxBody, "max-body", "largest body accepted, in `bytes` (or KiB, MiB, GiB; default 25MiB); larger gets 413")
+	fs.Var(&f.bodyBudget, "body-budget", "most `bytes` of bodies not yet verified held at once, all deliveries together (default 64MiB or twice --max-body); beyond it 503")
 	fs.StringVar(&f.jwks, "jwks", falwebhook.DefaultJWKSURL, "JWKS `URL or file` holding the public keys")
-	fs.BoolVar(&f.jsonOut, "json", false, "print one JSON object per delivery instead of a text line")
+	fs.BoolVar(&f.jsonOut, "json", false, "print one JSON object per delivery instead of a text line, and log JSON on stderr")
 	fs.StringVar(&f.forward, "forward", "", "pass verified deliveries to the app at `URL` and relay its answer")
 	fs.Var(&f.userIDs, "user-id", "accept only deliveries for this fal user `ID` (repeatable); others get 403")
 	fs.BoolVar(&f.noDedupe, "no-dedupe", false, "handle (and forward) every verified delivery, even a repeat of a request id already handled")
@@ -187,6 +272,10 @@ func parseListenFlags(e *env, args []string) (f *listenFlags, code int, ok bool)
 		return fail("--tolerance, --forward-timeout and --shutdown-timeout must be positive (tolerance at least 1s)")
 	case slices.Contains(f.userIDs, ""):
 		return fail("--user-id must not be empty")
+	case !validPath(f.path):
+		return fail("--path %q: want an absolute URL path such as /fal/webhook", f.path)
+	case f.redis != "" && f.noDedupe:
+		return fail("--redis and --no-dedupe contradict each other")
 	}
 	return f, 0, true
 }
@@ -194,18 +283,26 @@ func parseListenFlags(e *env, args []string) (f *listenFlags, code int, ok bool)
 // verifierOptions returns the Verifier's options as the flags say; warm is
 // the JWKS to load at startup (nil for a file), dd the Dedupe (nil with
 // --no-dedupe).
-func (rc *receiver) verifierOptions(f *listenFlags) (opts []falwebhook.Option, warm *falwebhook.JWKS, dd *falwebhook.Dedupe, err error) {
+func (rc *receiver) verifierOptions(f *listenFlags, rdb *redis.Client, lg *listenLog) (opts []falwebhook.Option, warm *falwebhook.JWKS, dd *falwebhook.Dedupe, err error) {
 	opts = []falwebhook.Option{
 		falwebhook.WithTolerance(*f.tolerance),
 		falwebhook.WithObserver(rc),
 		falwebhook.WithUserIDs(f.userIDs...),
+		falwebhook.WithMaxBodySize(f.maxBody.n),
+		falwebhook.WithBodyBudget(f.bodyBudget.n),
 	}
-	if !f.noDedupe {
-		dd = &falwebhook.Dedupe{}
+	switch {
+	case rdb != nil:
+		dd = &falwebhook.Dedupe{Store: redisdedupe.New(rdb), Logger: lg.slog}
+	case !f.noDedupe:
+		dd = &falwebhook.Dedupe{Logger: lg.slog}
+	}
+	if dd != nil {
 		opts = append(opts, falwebhook.WithDedupe(dd))
 	}
 	if isURL(f.jwks) {
-		warm = &falwebhook.JWKS{URL: f.jwks, Observer: rc}
+		warm = &falwebhook.JWKS{URL: f.jwks, Observer: rc, Logger: lg.slog}
+		rc.ready.refresh = warm.Refresh
 		return append(opts, falwebhook.WithKeys(warm)), warm, dd, nil
 	}
 	keys, err := loadJWKSFile(f.jwks)
@@ -213,14 +310,42 @@ func (rc *receiver) verifierOptions(f *listenFlags) (opts []falwebhook.Option, w
 		return nil, nil, nil, fmt.Errorf("--jwks: %w", err)
 	}
 	rc.fetched = len(keys)
+	rc.ready.static = true
 	return append(opts, falwebhook.WithKeys(falwebhook.StaticKeys(keys...))), nil, dd, nil
 }
 
-// announce prints the address, the first line on stdout.
-func (rc *receiver) announce(base string) {
+// validPath reports whether p can be --path: absolute, and free of
+// characters a request path never holds.
+func validPath(p string) bool {
+	if !strings.HasPrefix(p, "/") || strings.ContainsAny(p, "?# ") {
+		return false
+	}
+	for _, r := range p {
+		if r < 0x20 || r == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// matchPath reports whether a request for path p is a delivery.
+func (rc *receiver) matchPath(p string) bool {
+	if strings.HasSuffix(rc.path, "/") {
+		return strings.HasPrefix(p, rc.path)
+	}
+	return p == rc.path
+}
+
+// announce prints an address on stdout: "listening on URL" or "admin on
+// URL".
+func (rc *receiver) announce(what, base string) {
 	if rc.jsonOut {
-		b, _ := json.Marshal(map[string]string{"listening": base})
+		b, _ := json.Marshal(map[string]string{what: base})
 		rc.out.printf("%s\n", b)
+		return
+	}
+	if what == "admin" {
+		rc.out.printf("admin on %s\n", base)
 		return
 	}
 	rc.out.printf("listening on %s\n", base)
@@ -228,7 +353,7 @@ func (rc *receiver) announce(base string) {
 
 // describeSetup loads the keys from a URL, so that a bad one shows now and
 // not at the first delivery, and says on stderr how deliveries are handled.
-func (rc *receiver) describeSetup(ctx context.Context, f *listenFlags, warm *falwebhook.JWKS, info func(string, ...any)) {
+func (rc *receiver) describeSetup(ctx context.Context, f *listenFlags, warm *falwebhook.JWKS, rdb *redis.Client, info func(string, ...any)) {
 	keysOK := true
 	if warm != nil {
 		if err := warm.Refresh(ctx); err != nil {
@@ -246,9 +371,15 @@ func (rc *receiver) describeSetup(ctx context.Context, f *listenFlags, warm *fal
 	} else {
 		info("accepting deliveries for any fal user: each line shows the user id; pin yours with --user-id")
 	}
-	if f.noDedupe {
+	switch {
+	case rdb != nil:
+		info("dedupe in Redis at %s by request id, shared by every listen using it: a repeat of a handled delivery is answered 200 and not handled again", rdb.Options().Addr)
+		if err := rc.ready.ping(ctx); err != nil {
+			info("warning: Redis at %s did not answer PING: %v (deliveries get 503 until it does)", rdb.Options().Addr, err)
+		}
+	case f.noDedupe:
 		info("dedupe off: a repeat of a delivery is handled again")
-	} else {
+	default:
 		info("dedupe in memory by request id: a repeat of a handled delivery is answered 200 and not handled again")
 	}
 	if rc.forward != nil {
@@ -256,33 +387,72 @@ func (rc *receiver) describeSetup(ctx context.Context, f *listenFlags, warm *fal
 	}
 }
 
-// serve serves rc on ln until ctx is done, then shuts down gracefully:
-// no new connections, deliveries in flight finish within timeout, and the
-// dedupe's bookkeeping of answered deliveries is done.
-func serve(ctx context.Context, ln net.Listener, rc *receiver, timeout time.Duration, dd *falwebhook.Dedupe, stderr io.Writer, info func(string, ...any)) error {
+// servers are listen's listeners: deliveries, and the admin endpoints
+// (adminLn nil when off).
+type servers struct {
+	ln, adminLn net.Listener
+	admin       http.Handler
+}
+
+// serve serves rc on sv.ln, and the admin handler on sv.adminLn, until ctx
+// is done, then shuts down gracefully: /readyz turns 503, no new
+// connections, deliveries in flight finish within timeout, and the
+// dedupe's bookkeeping of answered deliveries is done; then the admin
+// listener stops.
+func serve(ctx context.Context, sv servers, rc *receiver, timeout time.Duration, dd *falwebhook.Dedupe, lg *listenLog) error {
 	srv := &http.Server{
 		Handler:           rc,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       time.Minute,
 		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          log.New(stderr, "falwebhook listen: ", 0),
+		ErrorLog:          lg.std(""),
 	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
+	served := make(chan error, 2)
+	go func() { served <- srv.Serve(sv.ln) }()
+	var adminSrv *http.Server
+	if sv.adminLn != nil {
+		adminSrv = &http.Server{
+			Handler:           sv.admin,
+			ReadHeaderTimeout: 10 * time.Second,
+			ReadTimeout:       10 * time.Second,
+			WriteTimeout:      time.Minute,
+			IdleTimeout:       2 * time.Minute,
+			ErrorLog:          lg.std("admin: "),
+		}
+		go func() {
+			if err := adminSrv.Serve(sv.adminLn); !errors.Is(err, http.ErrServerClosed) {
+				served <- fmt.Errorf("admin: %w", err)
+			}
+		}()
+	}
 	select {
 	case err := <-served:
+		srv.Close()
+		if adminSrv != nil {
+			adminSrv.Close()
+		}
 		return err
 	case <-ctx.Done():
 	}
+	rc.ready.stopping.Store(true)
 	// Shutdown closes the listener, then runs this hook, then waits for
 	// the deliveries in flight.
 	closed := make(chan struct{})
 	srv.RegisterOnShutdown(func() {
-		info("shutting down: no new connections; waiting up to %s for deliveries in flight", timeout)
+		lg.info("shutting down: no new connections; waiting up to %s for deliveries in flight", timeout)
 		close(closed)
 	})
 	sctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
+	defer func() {
+		if adminSrv != nil {
+			actx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			if adminSrv.Shutdown(actx) != nil {
+				adminSrv.Close()
+			}
+		}
+	}()
 	err := srv.Shutdown(sctx)
 	<-closed
 	if err != nil {
@@ -295,36 +465,69 @@ func serve(ctx context.Context, ln net.Listener, rc *receiver, timeout time.Dura
 			return fmt.Errorf("shutdown: dedupe bookkeeping unfinished: %w", err)
 		}
 	}
-	info("stopped")
+	lg.info("stopped")
 	return nil
 }
 
+// ServeHTTP handles one delivery. Its span starts here, before the
+// Verifier's middleware, so that it covers the forward too and its trace
+// context reaches the app; the Verifier's own span (falotel's
+// falwebhook.delivery) is its child. A traceparent sent with the delivery
+// is not trusted (it is not extracted): each delivery starts a trace.
 func (rc *receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	rec := &record{}
+	if !rc.matchPath(r.URL.Path) {
+		http.NotFound(w, r)
+		return
+	}
+	ctx, span := rc.tracer.Start(r.Context(), r.Method+" "+rc.path,
+		trace.WithSpanKind(trace.SpanKindServer),
+		trace.WithAttributes(
+			semconv.HTTPRequestMethodKey.String(r.Method),
+			semconv.HTTPRoute(rc.path),
+			semconv.URLPath(r.URL.Path),
+			semconv.URLScheme("http"),
+		))
+	rec := &record{traceID: span.SpanContext().TraceID().String()}
 	defer func() {
 		// The proxy aborts the response with a panic when relaying the
 		// app's answer breaks off; log the delivery all the same.
 		p := recover()
 		rec.aborted = p != nil
-		rc.log(r, rec)
+		status := rc.log(r, rec)
+		span.SetAttributes(semconv.HTTPResponseStatusCode(status))
+		if status >= 500 {
+			span.SetStatus(codes.Error, "")
+		}
+		span.End()
 		if p != nil {
 			panic(p)
 		}
 	}()
-	rc.verify.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), recordKey{}, rec)))
+	rc.verify.ServeHTTP(w, r.WithContext(context.WithValue(ctx, recordKey{}, rec)))
 }
 
-// ObserveDelivery records the Verifier's account of a delivery.
+// ObserveDelivery records the Verifier's account of a delivery and passes
+// it on to the telemetry.
 func (rc *receiver) ObserveDelivery(ctx context.Context, d falwebhook.DeliveryInfo) {
 	recordOf(ctx).d = d
+	if rc.otel != nil {
+		rc.otel.ObserveDelivery(ctx, d)
+	}
 }
 
-// ObserveFetch records how many keys a JWKS fetch brought.
-func (rc *receiver) ObserveFetch(_ context.Context, f falwebhook.FetchInfo) {
+// ObserveFetch records how many keys a JWKS fetch brought, for the setup
+// message and readiness, and passes it on to the telemetry.
+func (rc *receiver) ObserveFetch(ctx context.Context, f falwebhook.FetchInfo) {
 	if f.Err == nil {
 		rc.mu.Lock()
 		rc.fetched = f.Keys
 		rc.mu.Unlock()
+	}
+	if rc.ready != nil {
+		rc.ready.fetched(f)
+	}
+	if rc.otel != nil {
+		rc.otel.ObserveFetch(ctx, f)
 	}
 }
 
@@ -345,7 +548,7 @@ func (rc *receiver) accept(w http.ResponseWriter, r *http.Request) {
 }
 
 // newProxy returns the reverse proxy to the app, logging to stderr.
-func (rc *receiver) newProxy(stderr io.Writer) *httputil.ReverseProxy {
+func (rc *receiver) newProxy(lg *listenLog) *httputil.ReverseProxy {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.DisableCompression = true // ask for no gzip: relay the app's answer byte for byte
 	return &httputil.ReverseProxy{
@@ -361,7 +564,7 @@ func (rc *receiver) newProxy(stderr io.Writer) *httputil.ReverseProxy {
 			rec.status, rec.fwdErr = http.StatusBadGateway, err
 			http.Error(w, http.StatusText(http.StatusBadGateway), http.StatusBadGateway)
 		},
-		ErrorLog: log.New(stderr, "falwebhook listen: ", 0),
+		ErrorLog: lg.std(""),
 	}
 }
 
@@ -385,10 +588,12 @@ func (rc *receiver) rewrite(pr *httputil.ProxyRequest) {
 		headerVerified:             {"true"},
 	}
 	pr.SetXForwarded()
+	// The delivery's span, started by ServeHTTP.
+	propagation.TraceContext{}.Inject(pr.In.Context(), propagation.HeaderCarrier(pr.Out.Header))
 }
 
-// log prints the delivery's line.
-func (rc *receiver) log(r *http.Request, rec *record) {
+// log prints the delivery's line and returns the status answered.
+func (rc *receiver) log(r *http.Request, rec *record) int {
 	l := listenLine{
 		Time:          rc.now().UTC().Format(time.RFC3339),
 		Method:        r.Method,
@@ -398,6 +603,7 @@ func (rc *receiver) log(r *http.Request, rec *record) {
 		UserID:        rec.d.UserID,
 		Verdict:       "accepted",
 		ForwardStatus: rec.fwdStatus,
+		TraceID:       rec.traceID,
 	}
 	if l.Status == 0 {
 		l.Status = rec.d.Status
@@ -418,9 +624,10 @@ func (rc *receiver) log(r *http.Request, rec *record) {
 	if rc.jsonOut {
 		b, _ := json.Marshal(l)
 		rc.out.printf("%s\n", b)
-		return
+		return l.Status
 	}
 	rc.out.printf("%s  %d  %-36s  %-16s  %-5s  %s\n", l.Time, l.Status, dash(l.RequestID), dash(l.UserID), dash(l.EventStatus), rc.verdict(rec))
+	return l.Status
 }
 
 // verdict describes what became of a delivery, for its text line.

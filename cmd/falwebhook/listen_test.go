@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -22,20 +23,23 @@ import (
 // listener is a listen command running in a goroutine.
 type listener struct {
 	url    string // http://127.0.0.1:PORT
+	hook   string // url + "/fal/webhook", the default --path
+	admin  string // http://127.0.0.1:PORT of the admin listener
 	stdout *syncBuffer
 	stderr *syncBuffer
 	cancel context.CancelFunc // sends the "signal"
 	done   chan int           // receives run's exit code
 }
 
-// startListen runs "falwebhook listen --addr 127.0.0.1:0 args..." and waits
-// for its address. The listener is stopped when the test ends.
+// startListen runs "falwebhook listen --addr 127.0.0.1:0 --admin-addr
+// 127.0.0.1:0 args..." and waits for its addresses. The listener is
+// stopped when the test ends.
 func startListen(t *testing.T, args ...string) *listener {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	l := &listener{stdout: newSyncBuffer(), stderr: newSyncBuffer(), cancel: cancel, done: make(chan int, 1)}
 	go func() {
-		l.done <- run(ctx, append([]string{"listen", "--addr", "127.0.0.1:0"}, args...), strings.NewReader(""), l.stdout, l.stderr)
+		l.done <- run(ctx, append([]string{"listen", "--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"}, args...), strings.NewReader(""), l.stdout, l.stderr)
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -44,18 +48,26 @@ func startListen(t *testing.T, args ...string) *listener {
 
 	wctx := waitCtx(t)
 	for {
-		out := l.stdout.String()
-		if first, _, ok := strings.Cut(out, "\n"); ok {
+		lines := strings.SplitAfterN(l.stdout.String(), "\n", 3)
+		if len(lines) >= 2 && strings.HasSuffix(lines[1], "\n") {
+			var j struct{ Listening, Admin string }
+			first, second := strings.TrimSpace(lines[0]), strings.TrimSpace(lines[1])
 			if u, ok := strings.CutPrefix(first, "listening on "); ok {
 				l.url = u
-				return l
-			}
-			var j struct{ Listening string }
-			if json.Unmarshal([]byte(first), &j) == nil && j.Listening != "" {
+			} else if json.Unmarshal([]byte(first), &j) == nil && j.Listening != "" {
 				l.url = j.Listening
-				return l
+			} else {
+				t.Fatalf("first stdout line is %q, want the address", first)
 			}
-			t.Fatalf("first stdout line is %q, want the address", first)
+			if u, ok := strings.CutPrefix(second, "admin on "); ok {
+				l.admin = u
+			} else if json.Unmarshal([]byte(second), &j) == nil && j.Admin != "" {
+				l.admin = j.Admin
+			} else {
+				t.Fatalf("second stdout line is %q, want the admin address", second)
+			}
+			l.hook = l.url + "/fal/webhook"
+			return l
 		}
 		select {
 		case code := <-l.done:
@@ -158,7 +170,7 @@ func TestListenForward(t *testing.T) {
 
 	// A genuine delivery reaches the app; the app's answer comes back.
 	body, _ := sampleBody("ok", sampleRequestID)
-	req, err := fal.NewClientRequest(t.Context(), l.url+"/fal/webhook", faltest.Delivery{Body: body, UserID: "user-1"})
+	req, err := fal.NewClientRequest(t.Context(), l.hook, faltest.Delivery{Body: body, UserID: "user-1"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -192,19 +204,19 @@ func TestListenForward(t *testing.T) {
 
 	// A forged delivery is answered 401 and never forwarded.
 	forged := faltest.OKBody("forged-1", json.RawMessage(`{"images": [], "seed": 1}`))
-	status, _ := post(t, faltest.SignerFromName("listen test: forger"), l.url+"/fal/webhook", forged)
+	status, _ := post(t, faltest.SignerFromName("listen test: forger"), l.hook, forged)
 	if status != http.StatusUnauthorized {
 		t.Errorf("forged delivery answered %d, want 401", status)
 	}
 	// A tampered one neither.
 	tampered := faltest.OKBody("tampered-1", json.RawMessage(`{"images": [], "seed": 1}`))
-	req, _ = fal.NewClientRequest(t.Context(), l.url+"/fal/webhook", faltest.Delivery{Body: tampered})
+	req, _ = fal.NewClientRequest(t.Context(), l.hook, faltest.Delivery{Body: tampered})
 	req.Body = io.NopCloser(bytes.NewReader(bytes.Replace(tampered, []byte("1}"), []byte("2}"), 1)))
 	if status, _ = do(t, req); status != http.StatusUnauthorized {
 		t.Errorf("tampered delivery answered %d, want 401", status)
 	}
 	// Nor a GET.
-	getReq, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, l.url+"/fal/webhook", nil)
+	getReq, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, l.hook, nil)
 	if status, _ = do(t, getReq); status != http.StatusMethodNotAllowed {
 		t.Errorf("GET answered %d, want 405", status)
 	}
@@ -232,12 +244,12 @@ func TestListenForwardsOnlyWhatWasVerified(t *testing.T) {
 	fal := faltest.SignerFromName("listen test: fal")
 	jwks := writeTestFile(t, dir, "jwks.json", faltest.JWKS(fal))
 	target := newApp(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })
-	l := startListen(t, "--jwks", jwks, "--forward", target.URL+"/hooks/fal?app=1")
+	l := startListen(t, "--jwks", jwks, "--forward", target.URL+"/hooks/fal?app=1", "--json")
 
 	body, _ := sampleBody("ok", sampleRequestID)
 	d := faltest.Delivery{Body: body, UserID: "user-1"}
 	signed := fal.Sign(d)
-	req, err := fal.NewClientRequest(t.Context(), l.url+"/fal/webhook?secret=s3cr3t&order=42", d)
+	req, err := fal.NewClientRequest(t.Context(), l.hook+"?secret=s3cr3t&order=42", d)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -257,6 +269,8 @@ func TestListenForwardsOnlyWhatWasVerified(t *testing.T) {
 		"Accept-Encoding":     "gzip",
 		"Connection":          falwebhook.HeaderSignature, // a hop-by-hop list naming a signed header
 		"X-Fal-Webhook-Extra": "unsigned",
+		"Traceparent":         "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+		"Tracestate":          "sender=1",
 	} {
 		req.Header.Set(name, v)
 	}
@@ -269,6 +283,17 @@ func TestListenForwardsOnlyWhatWasVerified(t *testing.T) {
 		t.Fatalf("the app received %d requests, want 1", len(got))
 	}
 	fwd := got[0]
+	// The app gets the delivery's own trace context, the one its log line
+	// names, not the sender's.
+	var line listenLine
+	out := l.stdout.waitFor(waitCtx(t), t, `"verdict":"accepted"`)
+	if err := json.Unmarshal([]byte(lastLine(out)), &line); err != nil || len(line.TraceID) != 32 {
+		t.Fatalf("delivery line %q has no trace id (%v)", lastLine(out), err)
+	}
+	if tp := fwd.header.Get("Traceparent"); !regexp.MustCompile(`^00-`+line.TraceID+`-[0-9a-f]{16}-01$`).MatchString(tp) || strings.Contains(tp, "0af7651916cd43dd8448eb211c80319c") {
+		t.Errorf("the app got traceparent %q, want one of trace %s (the delivery's, not the sender's), sampled", tp, line.TraceID)
+	}
+	fwd.header.Del("Traceparent")
 	if fwd.uri != "/hooks/fal?app=1" {
 		t.Errorf("app got %s, want exactly the --forward URL /hooks/fal?app=1 (no query of the sender's)", fwd.uri)
 	}
@@ -290,6 +315,12 @@ func TestListenForwardsOnlyWhatWasVerified(t *testing.T) {
 	if !bytes.Equal(fwd.body, body) {
 		t.Errorf("forwarded body differs from the delivery's")
 	}
+}
+
+// lastLine returns the last non-empty line of s.
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
 }
 
 // headerText lists h one "Name: value" line per value, sorted.
@@ -341,12 +372,12 @@ func TestListenDedupe(t *testing.T) {
 			target := newApp(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "handled") })
 			l := startListen(t, append([]string{"--jwks", jwks, "--forward", target.URL}, tc.args...)...)
 			wctx := waitCtx(t)
-			if status, answer, _ := send(t, l.url); status != http.StatusOK || answer != "handled" {
+			if status, answer, _ := send(t, l.hook); status != http.StatusOK || answer != "handled" {
 				t.Fatalf("first delivery answered %d %q, want the app's 200", status, answer)
 			}
 			// Its line is printed once its dedupe bookkeeping is done.
 			l.stdout.waitFor(wctx, t, "forwarded: app answered 200")
-			status, answer, hdr := send(t, l.url)
+			status, answer, hdr := send(t, l.hook)
 			if n := len(target.received()); n != tc.wantCalls {
 				t.Errorf("the app saw the delivery %d times, want %d", n, tc.wantCalls)
 			}
@@ -384,12 +415,12 @@ func TestListenUserIDs(t *testing.T) {
 			before := len(target.received())
 
 			foreign := faltest.Delivery{Body: faltest.OKBody("foreign-"+tc.name, json.RawMessage(`{"images": []}`)), UserID: "someone-else"}
-			req, _ := fal.NewClientRequest(t.Context(), l.url, foreign)
+			req, _ := fal.NewClientRequest(t.Context(), l.hook, foreign)
 			if status, _ := do(t, req); status != http.StatusForbidden {
 				t.Errorf("another user's genuine delivery answered %d, want 403", status)
 			}
 			mine := faltest.Delivery{Body: faltest.OKBody("mine-"+tc.name, json.RawMessage(`{"images": []}`)), UserID: "my-other-account"}
-			req, _ = fal.NewClientRequest(t.Context(), l.url, mine)
+			req, _ = fal.NewClientRequest(t.Context(), l.hook, mine)
 			if status, _ := do(t, req); status != http.StatusOK {
 				t.Errorf("my delivery answered %d, want 200", status)
 			}
@@ -421,7 +452,7 @@ func TestListenForwardFailure(t *testing.T) {
 
 	l := startListen(t, "--jwks", jwks, "--forward", goneURL)
 	body, _ := sampleBody("ok", sampleRequestID)
-	if status, _ := post(t, fal, l.url, body); status != http.StatusBadGateway {
+	if status, _ := post(t, fal, l.hook, body); status != http.StatusBadGateway {
 		t.Errorf("forward to a dead app answered %d, want 502", status)
 	}
 	l.stdout.waitFor(waitCtx(t), t, "accepted, forward failed: ")
@@ -443,7 +474,7 @@ func TestListenRelayBreaksOff(t *testing.T) {
 		}
 	})
 	l := startListen(t, "--jwks", jwks, "--forward", target.URL)
-	req, _ := fal.NewClientRequest(t.Context(), l.url, faltest.Delivery{Body: faltest.OKBody("cut-1", json.RawMessage(`{}`))})
+	req, _ := fal.NewClientRequest(t.Context(), l.hook, faltest.Delivery{Body: faltest.OKBody("cut-1", json.RawMessage(`{}`))})
 	if resp, err := http.DefaultClient.Do(req); err == nil {
 		if _, err := io.ReadAll(resp.Body); err == nil {
 			t.Error("the client read a whole answer; want it cut off like the app's")
@@ -467,7 +498,7 @@ func TestListenJSONAndJWKSURL(t *testing.T) {
 	}
 
 	body := faltest.ValidationErrorBody("json-1")
-	status, answer := post(t, fal, l.url+"/anything", body)
+	status, answer := post(t, fal, l.hook, body)
 	if status != http.StatusOK || answer != "ok\n" {
 		t.Errorf("genuine delivery answered %d %q, want 200 ok", status, answer)
 	}
@@ -477,11 +508,11 @@ func TestListenJSONAndJWKSURL(t *testing.T) {
 	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &rec); err != nil {
 		t.Fatalf("delivery line is not JSON: %v\n%s", err, out)
 	}
-	if rec.Status != 200 || rec.EventStatus != "ERROR" || rec.Verdict != "accepted" || rec.Method != "POST" || rec.Path != "/anything" {
+	if rec.Status != 200 || rec.EventStatus != "ERROR" || rec.Verdict != "accepted" || rec.Method != "POST" || rec.Path != "/fal/webhook" || len(rec.TraceID) != 32 {
 		t.Errorf("JSON line = %+v", rec)
 	}
 
-	status, _ = post(t, fal, l.url, []byte(`{"request_id": "x"}`)) // genuine signature, not an event
+	status, _ = post(t, fal, l.hook, []byte(`{"request_id": "x"}`)) // genuine signature, not an event
 	if status != http.StatusBadRequest {
 		t.Errorf("signed non-event answered %d, want 400", status)
 	}
@@ -506,7 +537,7 @@ func TestListenKeysUnavailable(t *testing.T) {
 	if strings.Contains(stderr, "keys: ") {
 		t.Errorf("stderr reports keys that were never fetched:\n%s", stderr)
 	}
-	if status, _ := post(t, fal, l.url, faltest.OKBody("k-1", json.RawMessage(`{}`))); status != http.StatusServiceUnavailable {
+	if status, _ := post(t, fal, l.hook, faltest.OKBody("k-1", json.RawMessage(`{}`))); status != http.StatusServiceUnavailable {
 		t.Errorf("delivery without keys answered %d, want 503", status)
 	}
 	out := l.stdout.waitFor(wctx, t, "k-1")
@@ -537,7 +568,7 @@ func TestListenGracefulShutdown(t *testing.T) {
 	}
 	answered := make(chan answer, 1)
 	body, _ := sampleBody("ok", sampleRequestID)
-	req, err := fal.NewClientRequest(t.Context(), l.url, faltest.Delivery{Body: body})
+	req, err := fal.NewClientRequest(t.Context(), l.hook, faltest.Delivery{Body: body})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -557,12 +588,19 @@ func TestListenGracefulShutdown(t *testing.T) {
 	case <-wctx.Done():
 		t.Fatal("the delivery never reached the app")
 	}
+	if status, body := get(t, l.admin+"/readyz"); status != http.StatusOK {
+		t.Errorf("/readyz before the signal answered %d %q, want 200", status, body)
+	}
 	l.cancel() // SIGINT
 	l.stderr.waitFor(wctx, t, "shutting down")
 	select {
 	case code := <-l.done:
 		t.Fatalf("listen returned %d while a delivery was in flight", code)
 	default:
+	}
+	// While it drains, the load balancer is told to send no more.
+	if status, body := get(t, l.admin+"/readyz"); status != http.StatusServiceUnavailable || body != "not ready: shutting down\n" {
+		t.Errorf("/readyz while shutting down answered %d %q, want 503 shutting down", status, body)
 	}
 	close(release)
 
@@ -582,7 +620,8 @@ func TestListenGracefulShutdown(t *testing.T) {
 
 func TestListenUsageErrors(t *testing.T) {
 	r := runCmd(t, "", "listen", "-h")
-	wantContains(t, "listen -h", r.stderr, `listen on host:port (port 0 picks a free one) (default "127.0.0.1:8787")`, "-user-id ID", "-no-dedupe")
+	wantContains(t, "listen -h", r.stderr, `listen on host:port (port 0 picks a free one) (default "127.0.0.1:8787")`, "-user-id ID", "-no-dedupe",
+		`-admin-addr host:port`, `(default "127.0.0.1:8788")`, `-path path`, `(default "/fal/webhook")`, "-redis host:port or redis:// URL", "-max-body bytes", "-body-budget bytes")
 
 	dir := t.TempDir()
 	jwks := writeTestFile(t, dir, "jwks.json", faltest.JWKS(faltest.SignerFromName("x")))
@@ -593,6 +632,13 @@ func TestListenUsageErrors(t *testing.T) {
 		{"listen", "--jwks", jwks, "--tolerance", "0s"},
 		{"listen", "--jwks", jwks, "extra"},
 		{"listen", "--jwks", jwks, "--user-id", ""},
+		{"listen", "--jwks", jwks, "--path", "fal/webhook"},
+		{"listen", "--jwks", jwks, "--path", "/a b"},
+		{"listen", "--jwks", jwks, "--redis", "127.0.0.1:1", "--no-dedupe"},
+		{"listen", "--jwks", jwks, "--redis", "http://127.0.0.1:1"},
+		{"listen", "--jwks", jwks, "--max-body", "-1"},
+		{"listen", "--jwks", jwks, "--body-budget", "lots"},
+		{"listen", "--jwks", jwks, "--addr", "127.0.0.1:0", "--admin-addr", "256.0.0.1:bad"},
 	} {
 		r = runCmd(t, "", args...)
 		if r.code != exitUsage || r.stderr == "" {

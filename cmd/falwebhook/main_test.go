@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // TestMain makes every HTTP client that uses http.DefaultTransport (send,
@@ -33,6 +35,7 @@ func TestMain(m *testing.M) {
 		return d.DialContext(ctx, network, addr)
 	}
 	http.DefaultTransport = tr
+	redis.SetLogger(redisLogger{}) // as main does
 	os.Exit(m.Run())
 }
 
