@@ -40,6 +40,7 @@ go 1.26.0
 replace (
 	github.com/falwebhook/falwebhook => $root
 	github.com/falwebhook/falwebhook/awslambda => $root/awslambda
+	github.com/falwebhook/falwebhook/falotel => $root/falotel
 	github.com/falwebhook/falwebhook/redisdedupe => $root/redisdedupe
 )
 EOM
