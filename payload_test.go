@@ -704,6 +704,7 @@ var syntaxValues = []string{
 	`01`, `-`, `-a`, `1.`, `.5`, `1e`, `1e+`, `+1`, `0x10`, `1_000`, `NaN`, `Infinity`,
 	`-01`, `1.e5`, `"abc`, `"\x"`, `"\u12"`, `"\u12G4"`, `"\U0041"`, "\"\t\"", "\"\n\"",
 	"\"\x00\"", "\"\x1f\"", `"` + strings.Repeat("x", 100) + "\x01" + `"`, `"\'"`, `"\`,
+	"\"a\x01\\n\"", "\"\\n\x1f\\n\"", "\"\\\"\x7f\x00\"",
 	`tru`, `nul`, `True`, `nulll`, `[1,]`, `{"a":1,}`, `[,1]`, `{,}`, `{"a"}`, `{"a":}`,
 	`{"a" 1}`, `{1:2}`, `{'a':1}`, `[1 2]`, `{"a":1 "b":2}`, `]`, `}`, `[}`, `{]`, `[`, `{`,
 	"\v1", "\f1", "\u00a01", "\ufeff1", ``,
@@ -742,6 +743,11 @@ func objectSyntaxSeeds() []string {
 		realDelivery, error422, error422Index, errorStringDetail, maxSeed, payloadErrorOK,
 		`{"payload":` + nest(300) + `,"request_id":"r1","status":"OK"}`,
 		`{"payload":` + nest(301) + `]}`,
+		// Arrays 64 deep, then an object: the kinds of open containers
+		// take more than one word.
+		`{"payload":` + strings.Repeat("[", 64) + `{"a":1,"b":[2,{"c":3}]}` + strings.Repeat("]", 64) + `}`,
+		`{"payload":` + strings.Repeat("[", 64) + `{"a":1,2}` + strings.Repeat("]", 64) + `}`,
+		`{"payload":` + strings.Repeat(`{"a":`, 64) + `[1,"b":2]` + strings.Repeat("}", 64) + `}`,
 	}
 	for _, v := range syntaxValues {
 		seeds = append(seeds,
