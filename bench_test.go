@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -34,10 +35,12 @@ import (
 //
 // The BenchmarkRatio* benchmarks measure each target directly: every
 // iteration runs the baseline and the measured operation back to back, in
-// alternating order, and reports the ratio of their total times as a metric
-// (x-floor, x-1key, x-nodedupe). Interleaving cancels the drift of a shared
-// machine, which two separate benchmarks would each absorb differently. The
-// plain benchmarks give the absolute ns/op and allocations:
+// alternating order, and reports the ratio of their median times as a
+// metric (x-floor, x-1key, x-nodedupe), and of their total times
+// (x-floor-total, ...). Interleaving cancels the drift of a shared machine,
+// which two separate benchmarks would each absorb differently; medians also
+// cancel the iterations it interrupted. The plain benchmarks give the
+// absolute ns/op and allocations:
 //
 //	go test -run '^$' -bench . -benchmem -count 6 .
 //	go test -run '^$' -bench Ratio -count 6 -tags falwebhook_stdlib .
@@ -184,12 +187,15 @@ func run(b *testing.B, n int, op func()) {
 	}
 }
 
-// ratio runs base and op b.N times each, interleaved, and reports op's total
-// time over base's as the metric unit.
+// ratio runs base and op b.N times each, interleaved, and reports the
+// median time of op over the median time of base as the metric unit, and
+// the ratio of their total times as unit+"-total". The medians shrug off
+// the iterations a busy machine interrupted, which the totals absorb.
 func ratio(b *testing.B, unit string, base, op func()) {
 	base()
 	op()
-	var tb, to time.Duration
+	tb := make([]time.Duration, 0, b.N)
+	to := make([]time.Duration, 0, b.N)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		if i%2 == 0 {
@@ -197,18 +203,33 @@ func ratio(b *testing.B, unit string, base, op func()) {
 			base()
 			t1 := time.Now()
 			op()
-			to += time.Since(t1)
-			tb += t1.Sub(t0)
+			t2 := time.Now()
+			tb, to = append(tb, t1.Sub(t0)), append(to, t2.Sub(t1))
 		} else {
 			t0 := time.Now()
 			op()
 			t1 := time.Now()
 			base()
-			tb += time.Since(t1)
-			to += t1.Sub(t0)
+			t2 := time.Now()
+			to, tb = append(to, t1.Sub(t0)), append(tb, t2.Sub(t1))
 		}
 	}
-	b.ReportMetric(float64(to)/float64(tb), unit)
+	b.StopTimer()
+	b.ReportMetric(float64(median(to))/float64(median(tb)), unit)
+	b.ReportMetric(float64(sum(to))/float64(sum(tb)), unit+"-total")
+}
+
+// median returns the median of ds, reordering them.
+func median(ds []time.Duration) time.Duration {
+	slices.Sort(ds)
+	return ds[len(ds)/2]
+}
+
+func sum(ds []time.Duration) (s time.Duration) {
+	for _, d := range ds {
+		s += d
+	}
+	return s
 }
 
 func BenchmarkFloor1KiB(b *testing.B)       { run(b, 1<<10, newFloor(b, 1<<10)) }
