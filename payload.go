@@ -614,23 +614,27 @@ func noControl(b []byte) bool {
 		ones  = 0x0101010101010101
 		highs = 0x8080808080808080
 	)
-	var acc uint64
-	for len(b) >= 32 {
+	var acc, acc2 uint64 // two, so that the ORs of a round do not wait on each other
+	for len(b) >= 64 {
+		_ = b[63]
 		w0 := binary.LittleEndian.Uint64(b)
 		w1 := binary.LittleEndian.Uint64(b[8:])
 		w2 := binary.LittleEndian.Uint64(b[16:])
 		w3 := binary.LittleEndian.Uint64(b[24:])
-		acc |= (w0 - 0x20*ones) &^ w0
-		acc |= (w1 - 0x20*ones) &^ w1
-		acc |= (w2 - 0x20*ones) &^ w2
-		acc |= (w3 - 0x20*ones) &^ w3
-		b = b[32:]
+		w4 := binary.LittleEndian.Uint64(b[32:])
+		w5 := binary.LittleEndian.Uint64(b[40:])
+		w6 := binary.LittleEndian.Uint64(b[48:])
+		w7 := binary.LittleEndian.Uint64(b[56:])
+		acc |= (w0-0x20*ones)&^w0 | (w1-0x20*ones)&^w1 | (w2-0x20*ones)&^w2 | (w3-0x20*ones)&^w3
+		acc2 |= (w4-0x20*ones)&^w4 | (w5-0x20*ones)&^w5 | (w6-0x20*ones)&^w6 | (w7-0x20*ones)&^w7
+		b = b[64:]
 	}
 	for len(b) >= 8 {
 		w := binary.LittleEndian.Uint64(b)
 		acc |= (w - 0x20*ones) &^ w
 		b = b[8:]
 	}
+	acc |= acc2
 	for _, c := range b {
 		if c < 0x20 {
 			return false
