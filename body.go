@@ -83,16 +83,25 @@ func (b *bodyBudget) give(n int64) { b.used.Add(-n) }
 // before is full, so memory follows the bytes that actually arrived.
 var chunkSizes = [...]int{16 << 10, 32 << 10, 64 << 10, 128 << 10, 256 << 10, 512 << 10, 1 << 20}
 
-// chunkPools recycle chunks of each size in chunkSizes.
+// chunkPools recycle chunks of each size in chunkSizes, each held by a
+// pointer that goes back and forth with it, so that recycling allocates
+// nothing.
 var chunkPools [len(chunkSizes)]sync.Pool
 
 // body is a request body read into chunks.
 type body struct {
-	chunks  [][]byte
-	pooled  []int // index in chunkSizes of each chunk, or -1
-	n       int64 // bytes read
-	charged int64 // bytes charged to the budget
+	chunks  []chunk
+	inline  [2]chunk // chunks' first backing array: most bodies fit one or two
+	n       int64    // bytes read
+	charged int64    // bytes charged to the budget
 	sum     [sha256.Size]byte
+}
+
+// chunk is one buffer of a body.
+type chunk struct {
+	buf   []byte
+	class int     // index in chunkSizes, or -1 for a buffer not pooled
+	box   *[]byte // the pool's holder of buf, if it came from a pool
 }
 
 // readBody reads r's body into b, at most limit bytes, hashing it on the
@@ -106,6 +115,9 @@ func (v *Verifier) readBody(r *http.Request, b *body) error {
 	if r.Body == nil || r.Body == http.NoBody {
 		b.sum = sha256.Sum256(nil)
 		return nil
+	}
+	if b.chunks == nil {
+		b.chunks = b.inline[:0]
 	}
 	h := sha256.New()
 	var capacity int64 // of all chunks
@@ -133,14 +145,13 @@ func (v *Verifier) readBody(r *http.Request, b *body) error {
 			return fmt.Errorf("%w: the budget of %d body bytes not yet verified is used up", ErrOverloaded, v.budget.max)
 		}
 		b.charged += size
-		b.chunks = append(b.chunks, getChunk(class, size))
-		b.pooled = append(b.pooled, class)
+		c := getChunk(class, size)
 		capacity += size
 
-		chunk := b.chunks[len(b.chunks)-1]
-		filled, err := fill(r.Body, chunk)
-		h.Write(chunk[:filled])
-		b.chunks[len(b.chunks)-1] = chunk[:filled]
+		filled, err := fill(r.Body, c.buf)
+		h.Write(c.buf[:filled])
+		c.buf = c.buf[:filled]
+		b.chunks = append(b.chunks, c)
 		b.n += int64(filled)
 		if b.n > limit {
 			return fmt.Errorf("%w: more than %d bytes", ErrBodyTooLarge, limit)
@@ -171,13 +182,15 @@ func fill(r io.Reader, buf []byte) (n int, err error) {
 	return n, err
 }
 
-func getChunk(class int, size int64) []byte {
+// getChunk returns a chunk of size bytes, from the pool of class when it
+// is one of chunkSizes.
+func getChunk(class int, size int64) chunk {
 	if class >= 0 {
-		if c, ok := chunkPools[class].Get().(*[]byte); ok {
-			return (*c)[:size]
+		if box, ok := chunkPools[class].Get().(*[]byte); ok {
+			return chunk{buf: (*box)[:size], class: class, box: box}
 		}
 	}
-	return make([]byte, size)
+	return chunk{buf: make([]byte, size), class: class}
 }
 
 // bytes returns the body in one slice, frees the chunks and releases the
@@ -188,13 +201,13 @@ func (b *body) bytes(v *Verifier) []byte {
 	switch {
 	case len(b.chunks) == 0:
 		out = []byte{}
-	case len(b.chunks) == 1 && b.pooled[0] < 0:
-		out = b.chunks[0]
-		b.chunks[0] = nil
+	case len(b.chunks) == 1 && b.chunks[0].class < 0:
+		out = b.chunks[0].buf
+		b.chunks[0] = chunk{}
 	default:
 		out = make([]byte, 0, b.n)
 		for _, c := range b.chunks {
-			out = append(out, c...)
+			out = append(out, c.buf...)
 		}
 	}
 	b.free(v)
@@ -204,12 +217,17 @@ func (b *body) bytes(v *Verifier) []byte {
 // free returns the chunks to their pools and releases the charge.
 func (b *body) free(v *Verifier) {
 	for i, c := range b.chunks {
-		if class := b.pooled[i]; class >= 0 && c != nil {
-			c = c[:cap(c)]
-			chunkPools[class].Put(&c)
+		if c.class >= 0 && c.buf != nil {
+			box := c.box
+			if box == nil {
+				box = new([]byte)
+			}
+			*box = c.buf[:cap(c.buf)]
+			chunkPools[c.class].Put(box)
 		}
-		b.chunks[i] = nil
+		b.chunks[i] = chunk{}
 	}
+	b.chunks = b.chunks[:0]
 	v.budget.give(b.charged)
 	b.charged = 0
 }

@@ -177,7 +177,47 @@ func verifiedRequestID(ctx context.Context) (string, bool) {
 }
 
 func newContext(ctx context.Context, ev *Event, requestID string) context.Context {
-	return context.WithValue(ctx, eventKey, &verified{ev: ev, requestID: requestID})
+	return (&verified{ev: ev, requestID: requestID}).context(ctx)
+}
+
+// context returns ctx carrying vd.
+func (vd *verified) context(ctx context.Context) context.Context {
+	return context.WithValue(ctx, eventKey, vd)
+}
+
+// received is what VerifyRequest and the middleware keep of one request,
+// allocated in one piece once its headers pass: the headers, the body as
+// read, and once verified the event, its context value and the fresh
+// body.
+type received struct {
+	hs    Headers
+	body  body
+	ev    Event
+	vd    verified
+	fresh replayBody
+}
+
+// replayBody is the fresh request body over bytes already read and
+// verified. GetBody hands out another one over the same bytes.
+type replayBody struct {
+	bytes.Reader
+	b []byte
+}
+
+// reset makes rb read b from the start.
+func (rb *replayBody) reset(b []byte) {
+	rb.b = b
+	rb.Reader.Reset(b)
+}
+
+// Close does nothing: the bytes stay readable through GetBody.
+func (*replayBody) Close() error { return nil }
+
+// getBody returns a new reader over rb's bytes, for http.Request.GetBody.
+func (rb *replayBody) getBody() (io.ReadCloser, error) {
+	fresh := &replayBody{}
+	fresh.reset(rb.b)
+	return fresh, nil
 }
 
 // VerifyRequest reads r's body, at most the configured limit, verifies it
@@ -193,23 +233,24 @@ func newContext(ctx context.Context, ev *Event, requestID string) context.Contex
 // body bytes r.Body now reads: do not modify it.
 func (v *Verifier) VerifyRequest(r *http.Request) (*Event, error) {
 	start := v.startTimer()
-	ev, _, err := v.verifyRequest(nil, r)
+	d, err := v.verifyRequest(nil, r)
 	v.observe(r.Context(), r.Header, start, outcome(err), err, StatusCode(err))
 	if err != nil {
 		v.logRejection(r.Context(), r.Header, r.RemoteAddr, err)
+		return nil, err
 	}
-	return ev, err
+	return &d.ev, nil
 }
 
-// verifyRequest is VerifyRequest without the observation, also returning
-// the request id header. With w, the body's read deadline is set.
-func (v *Verifier) verifyRequest(w http.ResponseWriter, r *http.Request) (*Event, string, error) {
+// verifyRequest is VerifyRequest without the observation, returning the
+// whole verified delivery. With w, the body's read deadline is set.
+func (v *Verifier) verifyRequest(w http.ResponseWriter, r *http.Request) (*received, error) {
 	if r.Method != http.MethodPost {
-		return nil, "", fmt.Errorf("%w: %s", ErrMethodNotAllowed, r.Method)
+		return nil, fmt.Errorf("%w: %s", ErrMethodNotAllowed, r.Method)
 	}
 	hs, err := v.checkHeaders(r.Header)
 	if err != nil {
-		return nil, "", err
+		return nil, err
 	}
 	var rc *http.ResponseController
 	if w != nil {
@@ -218,27 +259,32 @@ func (v *Verifier) verifyRequest(w http.ResponseWriter, r *http.Request) (*Event
 			rc = nil // not supported by this writer
 		}
 	}
-	var b body
-	if err := v.readBody(r, &b); err != nil {
+	d := &received{hs: hs}
+	b := &d.body
+	if err := v.readBody(r, b); err != nil {
 		// The deadline stays: the connection is closed, unread.
 		b.free(v)
-		return nil, "", err
+		return nil, err
 	}
 	if rc != nil {
 		_ = rc.SetReadDeadline(time.Time{}) // the body is in; the handler may take its time
 	}
-	if err := v.verifySignature(r.Context(), &hs, &b.sum); err != nil {
+	if err := v.verifySignature(r.Context(), &d.hs, &b.sum); err != nil {
 		b.free(v)
-		return nil, "", emptyBodyHint(err, int(b.n))
+		return nil, emptyBodyHint(err, int(b.n))
 	}
 	body := b.bytes(v) // verified: no longer charged
-	r.Body = io.NopCloser(bytes.NewReader(body))
+	d.fresh.reset(body)
+	r.Body = &d.fresh
 	r.ContentLength = int64(len(body))
-	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+	r.GetBody = d.fresh.getBody
 	// body is ours and never written again (the fresh r.Body only reads
 	// it), so the event's Payload may share it instead of copying.
-	ev, err := parseEvent(body, false)
-	return ev, hs.RequestID, err
+	if err := d.ev.parse(body, false, d.hs.RequestID); err != nil {
+		return nil, err
+	}
+	d.vd = verified{ev: &d.ev, requestID: d.hs.RequestID}
+	return d, nil
 }
 
 // Middleware returns a handler that passes only genuine fal deliveries to
@@ -256,13 +302,14 @@ func (v *Verifier) verifyRequest(w http.ResponseWriter, r *http.Request) (*Event
 func (v *Verifier) Middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := v.startTimer()
-		ev, id, err := v.verifyRequest(w, r)
+		d, err := v.verifyRequest(w, r)
 		if err != nil {
 			v.observe(r.Context(), r.Header, start, outcome(err), err, StatusCode(err))
 			v.reject(w, r, err)
 			return
 		}
-		r = r.WithContext(newContext(r.Context(), ev, id))
+		id := d.vd.requestID
+		r = r.WithContext(d.vd.context(r.Context()))
 		if v.dedupe == nil {
 			v.observe(r.Context(), r.Header, start, "accepted", nil, 0)
 			next.ServeHTTP(w, r)

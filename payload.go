@@ -2,6 +2,7 @@ package falwebhook
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -98,7 +99,7 @@ func ParseEvent(body []byte) (*Event, error) {
 // body's memory, for callers that own body and never change it.
 func parseEvent(body []byte, copyPayload bool) (*Event, error) {
 	e := new(Event)
-	if err := e.parse(body, copyPayload); err != nil {
+	if err := e.parse(body, copyPayload, ""); err != nil {
 		return nil, err
 	}
 	return e, nil
@@ -114,63 +115,43 @@ const (
 	seenPayloadError
 )
 
-func (e *Event) parse(body []byte, copyPayload bool) error {
-	trimmed := bytes.Trim(body, jsonSpace)
-	if len(trimmed) == 0 {
+// parse parses body into e in one pass that also checks the whole body's
+// JSON syntax, exactly as json.Valid would. requestID, when not empty, is
+// the delivery's X-Fal-Webhook-Request-Id: a body request_id spelled the
+// same reuses that string instead of allocating a copy.
+func (e *Event) parse(body []byte, copyPayload bool, requestID string) error {
+	sc := objectScanner{scanner: scanner{b: body}}
+	switch sc.open() {
+	case openEmpty:
 		return fmt.Errorf("%w: empty body", ErrInvalidEvent)
-	}
-	if !json.Valid(trimmed) {
-		// Unmarshal validates first and reports where the syntax breaks.
-		err := json.Unmarshal(trimmed, new(json.RawMessage))
-		if err == nil { // cannot happen; keep the error non-nil regardless
-			err = errors.New("invalid JSON")
+	case openNotObject:
+		trimmed := bytes.Trim(body, jsonSpace)
+		if !json.Valid(trimmed) {
+			return syntaxError(trimmed)
 		}
-		return fmt.Errorf("%w: body is not a JSON value: %w", ErrInvalidEvent, err)
-	}
-	if trimmed[0] != '{' {
 		return fmt.Errorf("%w: body is a JSON %s, not an object", ErrInvalidEvent, jsonKind(trimmed))
 	}
-
-	// trimmed is valid JSON, so a plain scan can walk its top-level members.
-	var seen int
-	sc := objectScanner{b: trimmed, i: 1}
+	// The members are decoded as they are scanned, but a body whose syntax
+	// breaks later is reported as such, whatever was wrong before.
+	var (
+		seen int
+		bad  error // the first member error
+	)
 	for {
-		key, raw, ok := sc.next()
+		m, ok := sc.next()
 		if !ok {
 			break
 		}
-		var err error
-		var bit int
-		switch key {
-		case "request_id":
-			bit, err = seenRequestID, decodeString(raw, &e.RequestID, false)
-		case "gateway_request_id":
-			bit, err = seenGatewayRequestID, decodeString(raw, &e.GatewayRequestID, true)
-		case "status":
-			var s string
-			bit, err = seenStatus, decodeString(raw, &s, false)
-			e.Status = Status(s)
-		case "error":
-			bit, err = seenError, decodeString(raw, &e.Error, true)
-		case "payload":
-			bit, e.Payload = seenPayload, raw
-			if copyPayload {
-				e.Payload = bytes.Clone(raw)
-			}
-		case "payload_error":
-			bit, err = seenPayloadError, decodeString(raw, &e.PayloadError, true)
-		default:
-			continue
-		}
-		if seen&bit != 0 {
-			return fmt.Errorf("%w: duplicate key %q", ErrInvalidEvent, key)
-		}
-		seen |= bit
-		if err != nil {
-			return fmt.Errorf("%w: %s %w", ErrInvalidEvent, key, err)
+		if bad == nil {
+			bad = e.member(&m, &seen, requestID)
 		}
 	}
+	if !sc.ok() {
+		return syntaxError(bytes.Trim(body, jsonSpace))
+	}
 	switch {
+	case bad != nil:
+		return bad
 	case seen&seenRequestID == 0:
 		return fmt.Errorf("%w: missing request_id", ErrInvalidEvent)
 	case e.RequestID == "":
@@ -180,7 +161,88 @@ func (e *Event) parse(body []byte, copyPayload bool) error {
 	case e.Status == "":
 		return fmt.Errorf("%w: status is empty", ErrInvalidEvent)
 	}
+	if copyPayload && e.Payload != nil {
+		e.Payload = bytes.Clone(e.Payload)
+	}
 	return nil
+}
+
+// member decodes one top-level member into e, if its key is one of the
+// event's, and records the key in seen.
+func (e *Event) member(m *member, seen *int, requestID string) error {
+	var (
+		bit int
+		err error
+	)
+	// The keys are compared as raw bytes (switch string(b) does not
+	// allocate); only a key with an escape is decoded.
+	key := m.key
+	if m.escaped {
+		k, ok := unescapeKey(m.key)
+		if !ok {
+			return nil // cannot happen: the scanner checked the string
+		}
+		key = []byte(k)
+	}
+	switch string(key) {
+	case "request_id":
+		bit = seenRequestID
+		if s := m.value; requestID != "" && len(s) == len(requestID)+2 && s[0] == '"' &&
+			string(s[1:len(s)-1]) == requestID && plainASCII(s[1:len(s)-1]) {
+			e.RequestID = requestID
+		} else {
+			err = decodeString(m.value, &e.RequestID, false)
+		}
+	case "gateway_request_id":
+		bit, err = seenGatewayRequestID, decodeString(m.value, &e.GatewayRequestID, true)
+	case "status":
+		bit = seenStatus
+		switch string(m.value) {
+		case `"OK"`:
+			e.Status = StatusOK
+		case `"ERROR"`:
+			e.Status = StatusError
+		default:
+			var s string
+			err = decodeString(m.value, &s, false)
+			e.Status = Status(s)
+		}
+	case "error":
+		bit, err = seenError, decodeString(m.value, &e.Error, true)
+	case "payload":
+		bit, e.Payload = seenPayload, m.value
+	case "payload_error":
+		bit, err = seenPayloadError, decodeString(m.value, &e.PayloadError, true)
+	default:
+		return nil
+	}
+	if *seen&bit != 0 {
+		return fmt.Errorf("%w: duplicate key %q", ErrInvalidEvent, key)
+	}
+	*seen |= bit
+	if err != nil {
+		return fmt.Errorf("%w: %s %w", ErrInvalidEvent, key, err)
+	}
+	return nil
+}
+
+// unescapeKey decodes the contents of a JSON string that has escapes.
+func unescapeKey(raw []byte) (string, bool) {
+	var k string
+	if err := json.Unmarshal(append(append([]byte{'"'}, raw...), '"'), &k); err != nil {
+		return "", false
+	}
+	return k, true
+}
+
+// syntaxError returns the error for a body that is not valid JSON, saying
+// where its syntax breaks as encoding/json reports it.
+func syntaxError(trimmed []byte) error {
+	err := json.Unmarshal(trimmed, new(json.RawMessage))
+	if err == nil { // cannot happen: the scanner agrees with encoding/json
+		err = errors.New("invalid JSON")
+	}
+	return fmt.Errorf("%w: body is not a JSON value: %w", ErrInvalidEvent, err)
 }
 
 // decodeString decodes the JSON string raw into dst. A JSON null leaves dst
@@ -241,92 +303,425 @@ func jsonKind(b []byte) string {
 	}
 }
 
-// objectScanner walks the members of a JSON object already checked by
-// json.Valid, without decoding values. i starts just after the '{'.
+// What objectScanner.open found.
+const (
+	openObject    = iota // a '{', the scanner is inside it
+	openEmpty            // nothing but white space
+	openNotObject        // something other than an object, valid JSON or not
+)
+
+// objectScanner walks the members of a JSON text that should be one
+// object, checking its syntax on the way exactly as json.Valid does: every
+// member value is checked in full, nested values included, and nothing
+// but white space may follow the object. It decodes nothing.
 type objectScanner struct {
+	scanner
+	started bool // a member was returned, or the object found empty
+	done    bool // no more members: the object closed, or the syntax broke
+	valid   bool // the object closed and only white space followed
+}
+
+// member is one member of an object: its key and value as they appear in
+// the text.
+type member struct {
+	key     []byte // the key without its quotes, escapes not decoded
+	escaped bool   // whether key has an escape
+	value   []byte // the raw value
+}
+
+// open moves past the white space and the '{' that begin the text.
+func (s *objectScanner) open() int {
+	s.space()
+	switch {
+	case s.i == len(s.b):
+		return openEmpty
+	case s.b[s.i] != '{':
+		return openNotObject
+	}
+	s.i++
+	return openObject
+}
+
+// next returns the next member, or ok == false when there is none: the
+// object closed or its syntax broke (see ok).
+func (s *objectScanner) next() (m member, ok bool) {
+	if s.done {
+		return member{}, false
+	}
+	s.space()
+	if !s.started {
+		s.started = true
+		if s.peek() == '}' {
+			return member{}, s.close()
+		}
+	} else {
+		switch s.peek() {
+		case ',':
+			s.i++
+			s.space()
+		case '}':
+			return member{}, s.close()
+		default:
+			return member{}, s.fail()
+		}
+	}
+	if s.peek() != '"' {
+		return member{}, s.fail()
+	}
+	start := s.i
+	escaped, ok := s.str()
+	if !ok {
+		return member{}, s.fail()
+	}
+	m.key, m.escaped = s.b[start+1:s.i-1], escaped
+	s.space()
+	if s.peek() != ':' {
+		return member{}, s.fail()
+	}
+	s.i++
+	s.space()
+	start = s.i
+	if !s.value(1) {
+		return member{}, s.fail()
+	}
+	m.value = s.b[start:s.i]
+	return m, true
+}
+
+// close moves past the object's '}' and the white space after it, and
+// records whether the text ends there. It returns false, for next.
+func (s *objectScanner) close() bool {
+	s.i++
+	s.space()
+	s.valid = s.i == len(s.b)
+	s.done = true
+	return false
+}
+
+// fail records that the syntax broke. It returns false, for next.
+func (s *objectScanner) fail() bool {
+	s.done = true
+	return false
+}
+
+// ok reports whether the whole text was one valid JSON object, once next
+// has returned false.
+func (s *objectScanner) ok() bool { return s.valid }
+
+// validObject reports whether b is exactly one valid JSON object, with
+// white space around it allowed: json.Valid(b) with an object at the top.
+func validObject(b []byte) bool {
+	s := objectScanner{scanner: scanner{b: b}}
+	if s.open() != openObject {
+		return false
+	}
+	for {
+		if _, ok := s.next(); !ok {
+			return s.ok()
+		}
+	}
+}
+
+// maxDepth is the deepest nesting of arrays and objects json.Valid accepts
+// (encoding/json's maxNestingDepth); the outermost value is at depth 1.
+const maxDepth = 10000
+
+// scanner checks JSON syntax (RFC 8259, as encoding/json reads it: bytes
+// of strings are not checked as UTF-8) from b[i] on, moving i past what it
+// accepts.
+type scanner struct {
 	b []byte
 	i int
 }
 
-// next returns the next member's key (unescaped) and raw value, or ok ==
-// false at the closing '}'.
-func (s *objectScanner) next() (key string, raw []byte, ok bool) {
-	s.skipSpace()
-	if s.i < len(s.b) && s.b[s.i] == ',' {
-		s.i++
-		s.skipSpace()
+// peek returns the byte at i, or 0 at the end (0 is never valid there).
+func (s *scanner) peek() byte {
+	if s.i < len(s.b) {
+		return s.b[s.i]
 	}
-	if s.i >= len(s.b) || s.b[s.i] != '"' {
-		return "", nil, false
-	}
-	start := s.i
-	s.skipString()
-	rawKey := s.b[start:s.i]
-	if bytes.IndexByte(rawKey, '\\') < 0 {
-		key = string(rawKey[1 : len(rawKey)-1])
-	} else if err := json.Unmarshal(rawKey, &key); err != nil {
-		return "", nil, false
-	}
-	s.skipSpace()
-	s.i++ // ':'
-	s.skipSpace()
-	start = s.i
-	s.skipValue()
-	return key, s.b[start:s.i], true
+	return 0
 }
 
-func (s *objectScanner) skipSpace() {
-	for s.i < len(s.b) && strings.IndexByte(jsonSpace, s.b[s.i]) >= 0 {
-		s.i++
-	}
-}
-
-// skipString moves past the string starting at s.i.
-func (s *objectScanner) skipString() {
-	for s.i++; s.i < len(s.b); s.i++ {
+// space moves past JSON white space.
+func (s *scanner) space() {
+	for s.i < len(s.b) {
 		switch s.b[s.i] {
-		case '\\':
+		case ' ', '\t', '\r', '\n':
 			s.i++
-		case '"':
-			s.i++
+		default:
 			return
 		}
 	}
 }
 
-// skipValue moves past the value starting at s.i.
-func (s *objectScanner) skipValue() {
-	depth := 0
-	for s.i < len(s.b) {
-		switch c := s.b[s.i]; c {
-		case '"':
-			s.skipString()
-			if depth == 0 {
-				return
+// value moves past the value at i, which the caller found after any white
+// space, reporting whether it is valid. depth is the depth of the value's
+// container.
+func (s *scanner) value(depth int) bool {
+	switch s.peek() {
+	case '{', '[':
+		return s.nested(depth)
+	default:
+		return s.scalar()
+	}
+}
+
+// scalar moves past the string, number, true, false or null at i,
+// reporting whether it is valid.
+func (s *scanner) scalar() bool {
+	switch s.peek() {
+	case '"':
+		_, ok := s.str()
+		return ok
+	case 't':
+		return s.literal("true")
+	case 'f':
+		return s.literal("false")
+	case 'n':
+		return s.literal("null")
+	default:
+		return s.number()
+	}
+}
+
+// literal moves past lit, reporting whether it is at i.
+func (s *scanner) literal(lit string) bool {
+	if len(s.b)-s.i < len(lit) || string(s.b[s.i:s.i+len(lit)]) != lit {
+		return false
+	}
+	s.i += len(lit)
+	return true
+}
+
+// number moves past the number at i: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?
+func (s *scanner) number() bool {
+	b, i := s.b, s.i
+	if i < len(b) && b[i] == '-' {
+		i++
+	}
+	switch {
+	case i < len(b) && b[i] == '0':
+		i++
+	case i < len(b) && '1' <= b[i] && b[i] <= '9':
+		i = digits(b, i+1)
+	default:
+		return false
+	}
+	if i < len(b) && b[i] == '.' {
+		if i++; i == len(b) || !isDigit(b[i]) {
+			return false
+		}
+		i = digits(b, i+1)
+	}
+	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
+		if i++; i < len(b) && (b[i] == '+' || b[i] == '-') {
+			i++
+		}
+		if i == len(b) || !isDigit(b[i]) {
+			return false
+		}
+		i = digits(b, i+1)
+	}
+	s.i = i
+	return true
+}
+
+func isDigit(c byte) bool { return '0' <= c && c <= '9' }
+
+// digits returns the index of the first byte from i on that is not a digit.
+func digits(b []byte, i int) int {
+	for i < len(b) && isDigit(b[i]) {
+		i++
+	}
+	return i
+}
+
+// str moves past the string whose opening quote is at i, reporting whether
+// it is valid and whether it has escapes. Bytes below 0x20 must be escaped;
+// an escape is one of \" \\ \/ \b \f \n \r \t or \u and four hex digits.
+//
+// The closing quote is found with bytes.IndexByte and the bytes before it
+// are checked a word at a time, so that long strings (a large payload is
+// mostly strings) cost little more than a memory scan. Every byte is looked
+// at a bounded number of times, whatever the escapes.
+func (s *scanner) str() (escaped, ok bool) {
+	b := s.b
+	i := s.i + 1
+	for {
+		q := bytes.IndexByte(b[i:], '"')
+		if q < 0 {
+			return escaped, false
+		}
+		q += i // the next quote; it ends the string unless escaped
+		for {
+			bs := bytes.IndexByte(b[i:q], '\\')
+			if bs < 0 {
+				if !noControl(b[i:q]) {
+					return escaped, false
+				}
+				s.i = q + 1
+				return escaped, true
 			}
-			continue
-		case '{', '[':
-			depth++
-		case '}', ']':
-			if depth == 0 {
-				return
+			bs += i
+			if !noControl(b[i:bs]) {
+				return escaped, false
 			}
-			depth--
-			if depth == 0 {
-				s.i++
-				return
+			escaped = true
+			n := escapeLen(b[bs:])
+			if n == 0 {
+				return escaped, false
 			}
-		case ',':
-			if depth == 0 {
-				return
-			}
-		case ' ', '\t', '\r', '\n':
-			if depth == 0 {
-				return
+			i = bs + n
+			if i > q { // the escape was \" at q: look for the next quote
+				break
 			}
 		}
-		s.i++
 	}
+}
+
+// escapeLen returns the length of the escape at the start of b, which
+// begins with a backslash, or 0 if it is not a valid escape.
+func escapeLen(b []byte) int {
+	if len(b) < 2 {
+		return 0
+	}
+	switch b[1] {
+	case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+		return 2
+	case 'u':
+		if len(b) < 6 {
+			return 0
+		}
+		for _, c := range b[2:6] {
+			if !isHex(c) {
+				return 0
+			}
+		}
+		return 6
+	}
+	return 0
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}
+
+// noControl reports whether b has no byte below 0x20, looking at eight
+// bytes at a time: for each byte c of a word w, (c - 0x20) & ^c has its top
+// bit set exactly when some byte up to c is below 0x20, borrows included.
+func noControl(b []byte) bool {
+	const (
+		ones  = 0x0101010101010101
+		highs = 0x8080808080808080
+	)
+	var acc, acc2 uint64 // two, so that the ORs of a round do not wait on each other
+	for len(b) >= 64 {
+		_ = b[63]
+		w0 := binary.LittleEndian.Uint64(b)
+		w1 := binary.LittleEndian.Uint64(b[8:])
+		w2 := binary.LittleEndian.Uint64(b[16:])
+		w3 := binary.LittleEndian.Uint64(b[24:])
+		w4 := binary.LittleEndian.Uint64(b[32:])
+		w5 := binary.LittleEndian.Uint64(b[40:])
+		w6 := binary.LittleEndian.Uint64(b[48:])
+		w7 := binary.LittleEndian.Uint64(b[56:])
+		acc |= (w0-0x20*ones)&^w0 | (w1-0x20*ones)&^w1 | (w2-0x20*ones)&^w2 | (w3-0x20*ones)&^w3
+		acc2 |= (w4-0x20*ones)&^w4 | (w5-0x20*ones)&^w5 | (w6-0x20*ones)&^w6 | (w7-0x20*ones)&^w7
+		b = b[64:]
+	}
+	for len(b) >= 8 {
+		w := binary.LittleEndian.Uint64(b)
+		acc |= (w - 0x20*ones) &^ w
+		b = b[8:]
+	}
+	acc |= acc2
+	for _, c := range b {
+		if c < 0x20 {
+			return false
+		}
+	}
+	return acc&highs == 0
+}
+
+// nested moves past the array or object at i, checking it and everything
+// in it, reporting whether it is valid. depth is the depth of its
+// container; nothing may nest deeper than maxDepth.
+func (s *scanner) nested(depth int) bool {
+	// kinds holds one bit per open array or object below the first: 1 for
+	// an object. A few words on the stack cover all but contrived depths.
+	var small [4]uint64
+	kinds := small[:]
+	open := 0 // containers open in this call
+	for {
+		// i is at the start of a value.
+		if c := s.peek(); c == '{' || c == '[' {
+			if depth+open >= maxDepth {
+				return false
+			}
+			s.i++
+			s.space()
+			if s.peek() == c+2 { // '{'+2 is '}', '['+2 is ']': empty
+				s.i++
+			} else {
+				if open/64 == len(kinds) {
+					kinds = append(kinds, 0)
+				}
+				if c == '{' {
+					kinds[open/64] |= 1 << (open % 64)
+				} else {
+					kinds[open/64] &^= 1 << (open % 64)
+				}
+				open++
+				if c == '{' && !s.key() {
+					return false
+				}
+				continue
+			}
+		} else if !s.scalar() {
+			return false
+		}
+		// After a complete value: close containers, or go on to the next
+		// element.
+		for {
+			if open == 0 {
+				return true
+			}
+			s.space()
+			object := kinds[(open-1)/64]&(1<<((open-1)%64)) != 0
+			c := s.peek()
+			if c == ',' {
+				s.i++
+				s.space()
+				if object && !s.key() {
+					return false
+				}
+				break
+			}
+			if object && c != '}' || !object && c != ']' {
+				return false
+			}
+			s.i++
+			open--
+		}
+	}
+}
+
+// key moves past an object key, the ':' and the white space around it,
+// reporting whether they are valid.
+func (s *scanner) key() bool {
+	if s.peek() != '"' {
+		return false
+	}
+	if _, ok := s.str(); !ok {
+		return false
+	}
+	s.space()
+	if s.peek() != ':' {
+		return false
+	}
+	s.i++
+	s.space()
+	return true
 }
 
 // hasPayload reports whether the payload is present and not JSON null.

@@ -197,8 +197,18 @@ func TestParseEvent(t *testing.T) {
 				}
 			},
 		},
+		{
+			name: "escaped keys",
+			body: `{"request\u005fid":"r1","st\u0061tus":"OK","p\u0061yload":[1]}`,
+			check: func(t *testing.T, ev *Event) {
+				if ev.RequestID != "r1" || ev.Status != StatusOK || string(ev.Payload) != "[1]" {
+					t.Errorf("request_id, status, payload = %q, %q, %s; want r1, OK, [1]", ev.RequestID, ev.Status, ev.Payload)
+				}
+			},
+		},
 
 		{name: "empty body", body: "", wantErr: ErrInvalidEvent},
+		{name: "request_id given twice, once escaped", body: `{"request_id":"r1","status":"OK","request\u005fid":"r2"}`, wantErr: ErrInvalidEvent},
 		{name: "only white space", body: " \n\t", wantErr: ErrInvalidEvent},
 		{name: "non-breaking space around the object", body: "\u00a0" + error422, wantErr: ErrInvalidEvent},
 		{name: "byte order mark", body: "\ufeff" + error422, wantErr: ErrInvalidEvent},
@@ -264,6 +274,10 @@ func TestParseEventErrorText(t *testing.T) {
 		{`{"request_id":"r1","status":"ERROR","error":422}`, "falwebhook: invalid event: error must be a string, got number"},
 		{`{"request_id":"r1","status":"OK","request_id":"r2"}`, `falwebhook: invalid event: duplicate key "request_id"`},
 		{`{"request_id":"r1","status":"OK"} x`, "falwebhook: invalid event: body is not a JSON value: invalid character 'x' after top-level value"},
+		// A broken syntax is reported before what was wrong with a member.
+		{`{"request_id":1234,"status":"OK"} x`, "falwebhook: invalid event: body is not a JSON value: invalid character 'x' after top-level value"},
+		{`{"request_id":"r1","request_id":"r2","payload":[1,]}`, "falwebhook: invalid event: body is not a JSON value: invalid character ']' looking for beginning of value"},
+		{`{"request_id":"r1","status":"OK","payload":` + "\"\x01\"}", `falwebhook: invalid event: body is not a JSON value: invalid character '\x01' in string literal`},
 	}
 	for _, tt := range tests {
 		_, err := ParseEvent([]byte(tt.body))
@@ -674,4 +688,133 @@ func mustMarshal(t *testing.T, v any) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// syntaxValues are JSON values, valid and not, that objectSyntaxSeeds puts
+// in every position an event body has: the encoding/json grammar's corners.
+var syntaxValues = []string{
+	// valid
+	`0`, `-0`, `1`, `-1`, `10`, `1.5`, `-1.5e10`, `1E+2`, `1e-2`, `0.0`, `0e0`,
+	`123456789012345678901234567890`, `""`, `"a"`, `"\"\\\/\b\f\n\r\t"`,
+	`"\u0041\u00e9\uD83D\uDE00"`, `"\uDEAD"`, `"\uabcd\uABCD"`, "\"é\"", "\"\xff\xfe\"", "\"\x7f\"",
+	`"` + strings.Repeat(`abc\"`, 20) + `"`, `"` + strings.Repeat("x", 100) + `\\"`,
+	`true`, `false`, `null`, `[]`, `{}`, `[1,2,3]`, `{"a":1,"b":[{}]}`,
+	"[ 1 ,\t[ ] ,\r\n{ } ]", `{"":""}`, `{"a":{"a":{"a":[]}}}`, `[[[[]]]]`,
+	// not valid
+	`01`, `-`, `-a`, `1.`, `.5`, `1e`, `1e+`, `+1`, `0x10`, `1_000`, `NaN`, `Infinity`,
+	`-01`, `1.e5`, `"abc`, `"\x"`, `"\u12"`, `"\u12G4"`, `"\U0041"`, "\"\t\"", "\"\n\"",
+	"\"\x00\"", "\"\x1f\"", `"` + strings.Repeat("x", 100) + "\x01" + `"`, `"\'"`, `"\`,
+	"\"a\x01\\n\"", "\"\\n\x1f\\n\"", "\"\\\"\x7f\x00\"",
+	`tru`, `nul`, `True`, `nulll`, `[1,]`, `{"a":1,}`, `[,1]`, `{,}`, `{"a"}`, `{"a":}`,
+	`{"a" 1}`, `{1:2}`, `{'a':1}`, `[1 2]`, `{"a":1 "b":2}`, `]`, `}`, `[}`, `{]`, `[`, `{`,
+	"\v1", "\f1", "\u00a01", "\ufeff1", ``,
+}
+
+// nest returns depth arrays and objects nested in one another, alternating,
+// around 0.
+func nest(depth int) string {
+	var open, close strings.Builder
+	for i := range depth {
+		if i%2 == 0 {
+			open.WriteString(`[`)
+		} else {
+			open.WriteString(`{"k":`)
+		}
+	}
+	for i := depth - 1; i >= 0; i-- {
+		if i%2 == 0 {
+			close.WriteString(`]`)
+		} else {
+			close.WriteString(`}`)
+		}
+	}
+	return open.String() + "0" + close.String()
+}
+
+// objectSyntaxSeeds returns bodies to compare with json.Valid: each of
+// syntaxValues alone, as a member value of an event, nested, and whole
+// bodies broken around the object, and nesting at encoding/json's limit.
+func objectSyntaxSeeds() []string {
+	seeds := []string{
+		``, ` `, `{`, `}`, `{}`, ` {} `, "{}\n", `{} x`, `{}{}`, `{}]`, `{"a":1`, `{"a":1}}`,
+		`{"request_id":"r1","status":"OK"}`, `{"request_id":"r1","status":"OK"} x`,
+		"\t{\r\n\"request_id\" :\t\"r1\" ,\n\"status\":\"OK\"\n}\r\n",
+		`{"request\u005fid":"r1","status":"OK"}`, `{"\"":1,"\\":2,"\u0000":3}`,
+		realDelivery, error422, error422Index, errorStringDetail, maxSeed, payloadErrorOK,
+		`{"payload":` + nest(300) + `,"request_id":"r1","status":"OK"}`,
+		`{"payload":` + nest(301) + `]}`,
+		// Arrays 64 deep, then an object: the kinds of open containers
+		// take more than one word.
+		`{"payload":` + strings.Repeat("[", 64) + `{"a":1,"b":[2,{"c":3}]}` + strings.Repeat("]", 64) + `}`,
+		`{"payload":` + strings.Repeat("[", 64) + `{"a":1,2}` + strings.Repeat("]", 64) + `}`,
+		`{"payload":` + strings.Repeat(`{"a":`, 64) + `[1,"b":2]` + strings.Repeat("}", 64) + `}`,
+	}
+	for _, v := range syntaxValues {
+		seeds = append(seeds,
+			v,
+			`{"request_id":"r1","status":"OK","payload":`+v+`}`,
+			`{"payload":[`+v+`],"request_id":"r1","status":"OK"}`,
+			`{"payload":{"a":`+v+`},"request_id":`+v+`,"status":"OK"}`,
+			`{"x":`+v+`,"request_id":"r1","status":"OK"}`,
+			`{`+v+`:1}`,
+			`{"request_id":"r1","status":"OK"}`+v,
+		)
+	}
+	return seeds
+}
+
+// validObjectOracle is what validObject must report: the text is valid
+// JSON for encoding/json, and an object.
+func validObjectOracle(b []byte) bool {
+	trimmed := bytes.TrimLeft(b, " \t\r\n")
+	return json.Valid(b) && len(trimmed) > 0 && trimmed[0] == '{'
+}
+
+// checkObjectSyntax fails t when the scanner and encoding/json disagree on
+// body, or when ParseEvent's verdict on the syntax differs from
+// encoding/json's.
+func checkObjectSyntax(t *testing.T, body []byte) {
+	t.Helper()
+	want := validObjectOracle(body)
+	if got := validObject(body); got != want {
+		t.Fatalf("validObject(%q) = %v, encoding/json says %v", body, got, want)
+	}
+	_, err := ParseEvent(body)
+	if err == nil && !want {
+		t.Fatalf("ParseEvent accepted %q, which is not a valid JSON object", body)
+	}
+	syntax := err != nil && (strings.Contains(err.Error(), "body is not a JSON value") || strings.HasSuffix(err.Error(), "empty body"))
+	if syntax == json.Valid(body) {
+		t.Fatalf("ParseEvent(%q) = %v; json.Valid says %v", body, err, json.Valid(body))
+	}
+}
+
+func TestValidObjectMatchesEncodingJSON(t *testing.T) {
+	// The outermost object is at depth 1; encoding/json accepts nesting up
+	// to 10000. (Too large to be fuzzing seeds.)
+	deep := []string{
+		`{"payload":` + nest(9999) + `}`, `{"payload":` + nest(10000) + `}`,
+		`{"payload":` + strings.Repeat("[", 9999) + strings.Repeat("]", 9999) + `}`,
+		`{"payload":` + strings.Repeat("[", 10000) + strings.Repeat("]", 10000) + `}`,
+		`{"payload":` + strings.Repeat(`{"":`, 9999) + "1" + strings.Repeat("}", 9999) + `}`,
+		`{"payload":` + strings.Repeat(`{"":`, 10000) + "1" + strings.Repeat("}", 10000) + `}`,
+	}
+	for _, s := range append(objectSyntaxSeeds(), deep...) {
+		checkObjectSyntax(t, []byte(s))
+	}
+	for i, want := range []bool{true, false, true, false, true, false} {
+		if got := validObject([]byte(deep[i])); got != want {
+			t.Errorf("validObject(deep[%d]) = %v, want %v", i, got, want)
+		}
+	}
+}
+
+// FuzzValidObject compares the event scanner's syntax check with
+// encoding/json, the oracle: a body is accepted exactly when json.Valid
+// accepts it and it is an object.
+func FuzzValidObject(f *testing.F) {
+	for _, s := range objectSyntaxSeeds() {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(checkObjectSyntax)
 }

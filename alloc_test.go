@@ -1,0 +1,157 @@
+package falwebhook
+
+import (
+	"bytes"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/falwebhook/falwebhook/faltest"
+)
+
+// TestMiddlewareAllocations pins the allocations of one verified 1 KiB
+// delivery through the middleware: the request and context values net/http
+// requires (Request.WithContext, context.WithValue), the delivery's state
+// in one piece, the GetBody method value, the body bytes, and the signed
+// message buffer.
+func TestMiddlewareAllocations(t *testing.T) {
+	s := faltest.SignerFromName("alloc")
+	body := benchBody(1 << 10)
+	v := NewVerifier(WithKeys(StaticKeys(s.PublicKey())), WithClock(func() time.Time { return benchTime }))
+	h := v.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	req := s.NewRequest("/webhook", faltest.Delivery{RequestID: "bench-request", Time: benchTime, Body: body})
+	header := req.Header
+	rb := &rewindBody{}
+	w := &benchWriter{h: http.Header{}}
+	allocs := testing.AllocsPerRun(200, func() {
+		rb.Reset(body)
+		r := *req
+		r.Header, r.Body, r.ContentLength = header, rb, int64(len(body))
+		w.code = 0
+		h.ServeHTTP(w, &r)
+		if w.code != http.StatusNoContent {
+			t.Fatalf("status %d, want 204", w.code)
+		}
+	})
+	// The copy of req above is one more.
+	const want = 6 + 1
+	if allocs > want {
+		t.Errorf("%.1f allocations per delivery, want at most %d", allocs, want)
+	}
+}
+
+// TestParseEventKeysDoNotAllocate checks that members are matched without
+// allocating: unknown members, even with keys close to the known ones, cost
+// nothing, and known keys cost only their values.
+func TestParseEventKeysDoNotAllocate(t *testing.T) {
+	base := `"request_id":"r1","status":"OK","payload":{"k":[1,2,{"x":"y"}]}`
+	var extra strings.Builder
+	for _, k := range []string{"request_i", "request_idd", "Status", "payload_", "x", "gateway_request", "error_", "a\u00e9b"} {
+		extra.WriteString(`"` + k + `":{"request_id":"r2","status":[null,true,1.5e3]},`)
+	}
+	allocs := func(body string) float64 {
+		b := []byte(body)
+		return testing.AllocsPerRun(100, func() {
+			if _, err := ParseEvent(b); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	plain, withExtra := allocs(`{`+base+`}`), allocs(`{`+extra.String()+base+`}`)
+	if withExtra != plain {
+		t.Errorf("%d unknown members took %.1f allocations more", 8, withExtra-plain)
+	}
+	// The event, the request id and the payload's copy; "OK" is a constant.
+	if plain > 3 {
+		t.Errorf("ParseEvent: %.1f allocations, want at most 3", plain)
+	}
+}
+
+// TestVerifyRequestEventRequestID checks that the event's request id is the
+// body's, whether or not it matches the header (whose string is reused when
+// it does).
+func TestVerifyRequestEventRequestID(t *testing.T) {
+	s := faltest.SignerFromName("ids")
+	v := NewVerifier(WithKeys(StaticKeys(s.PublicKey())), WithClock(func() time.Time { return benchTime }))
+	for _, tt := range []struct{ header, bodyID, want string }{
+		{"r1", `"r1"`, "r1"},
+		{"r1", `"r2"`, "r2"},
+		{"r1", `"r\u0031"`, "r1"},
+		{`r\u0031`, `"r\u0031"`, "r1"},
+		{"r1", `"r1 "`, "r1 "},
+		{"ré", `"ré"`, "ré"},
+	} {
+		body := []byte(`{"request_id":` + tt.bodyID + `,"status":"OK"}`)
+		r := s.NewRequest("/", faltest.Delivery{RequestID: tt.header, Time: benchTime, Body: body})
+		ev, err := v.VerifyRequest(r)
+		if err != nil {
+			t.Fatalf("header %q, body id %s: %v", tt.header, tt.bodyID, err)
+		}
+		if ev.RequestID != tt.want {
+			t.Errorf("header %q, body id %s: event request id %q, want %q", tt.header, tt.bodyID, ev.RequestID, tt.want)
+		}
+	}
+}
+
+// TestVerifyRequestGetBodyIndependent checks that the readers GetBody hands
+// out each read the whole body, whatever the others did.
+func TestVerifyRequestGetBodyIndependent(t *testing.T) {
+	s := faltest.SignerFromName("getbody")
+	v := NewVerifier(WithKeys(StaticKeys(s.PublicKey())), WithClock(func() time.Time { return benchTime }))
+	body := benchBody(1 << 10)
+	r := s.NewRequest("/", faltest.Delivery{RequestID: "bench-request", Time: benchTime, Body: body})
+	if _, err := v.VerifyRequest(r); err != nil {
+		t.Fatal(err)
+	}
+	half := make([]byte, len(body)/2)
+	if _, err := io.ReadFull(r.Body, half); err != nil {
+		t.Fatal(err)
+	}
+	a, _ := r.GetBody()
+	b, _ := r.GetBody()
+	if _, err := io.ReadFull(a, half); err != nil {
+		t.Fatal(err)
+	}
+	for name, rc := range map[string]io.ReadCloser{"r.Body": r.Body, "second GetBody": b, "first GetBody": a} {
+		if err := rc.Close(); err != nil {
+			t.Errorf("%s: Close: %v", name, err)
+		}
+	}
+	rest, _ := io.ReadAll(r.Body)
+	whole, _ := io.ReadAll(b)
+	restA, _ := io.ReadAll(a)
+	if !bytes.Equal(rest, body[len(half):]) || !bytes.Equal(whole, body) || !bytes.Equal(restA, body[len(half):]) {
+		t.Errorf("readers share state: r.Body rest %d bytes, second GetBody %d bytes, first GetBody rest %d bytes; want %d, %d, %d",
+			len(rest), len(whole), len(restA), len(body)-len(half), len(body), len(body)-len(half))
+	}
+}
+
+// TestReadBodyRecyclesChunks checks that reading bodies into pooled chunks
+// allocates nothing once the pools are warm.
+func TestReadBodyRecyclesChunks(t *testing.T) {
+	if raceEnabled {
+		t.Skip("sync.Pool drops items at random under the race detector")
+	}
+	v := NewVerifier()
+	data := bytes.Repeat([]byte("x"), 100<<10) // 16 + 32 + 64 KiB chunks
+	br := &rewindBody{}
+	req := httptest.NewRequest(http.MethodPost, "/", nil)
+	var b body
+	allocs := testing.AllocsPerRun(50, func() {
+		br.Reset(data)
+		req.Body, req.ContentLength = br, -1
+		if err := v.readBody(req, &b); err != nil {
+			t.Fatal(err)
+		}
+		b.free(v)
+	})
+	if allocs > 0 {
+		t.Errorf("%.1f allocations per pooled body read", allocs)
+	}
+}
