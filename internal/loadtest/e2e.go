@@ -35,9 +35,9 @@ func parseE2E(args []string, stderr io.Writer) (e2eConfig, error) {
 	fs.Var(&cfg.concurrency, "c", "concurrencies, comma-separated")
 	fs.DurationVar(&cfg.warmup, "warmup", time.Second, "warm-up per server and concurrency")
 	fs.IntVar(&cfg.warmupRequests, "warmup-requests", 50000, "warm-up requests per server and concurrency, at most")
-	fs.DurationVar(&cfg.duration, "duration", 5*time.Second, "measured time per server and concurrency, at most")
+	fs.DurationVar(&cfg.duration, "duration", 10*time.Second, "measured time per server and concurrency, at most")
 	fs.IntVar(&cfg.requests, "requests", 200000, "measured requests per server and concurrency, at most")
-	fs.IntVar(&cfg.rounds, "rounds", 10, "turns each server takes per concurrency, alternating; -duration and -requests are split among them")
+	fs.IntVar(&cfg.rounds, "rounds", 2, "turns each server takes per concurrency, alternating; -duration and -requests are split among them (short turns measure warm-up more than steady state)")
 	fs.IntVar(&cfg.bodySize, "body", 1<<10, "body size, bytes (at least 128)")
 	fs.BoolVar(&cfg.pin, "pin", true, "pin the servers to CPU 0 and the load generator to CPU 1 with taskset")
 	if err := fs.Parse(args); err != nil {

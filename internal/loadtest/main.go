@@ -14,9 +14,9 @@
 // child process; a keep-alive load generator (an http.Transport per server
 // keeping as many idle connections as there are clients) drives it at each
 // concurrency (-c, default 1,8,64): first a warm-up (-warmup, default 1s,
-// or -warmup-requests, default 50000), then -duration (default 5s) or
+// or -warmup-requests, default 50000), then -duration (default 10s) or
 // -requests requests (default 200000), whichever ends first, split into
-// -rounds turns (default 10) that alternate between the two servers so that
+// -rounds turns (default 2) that alternate between the two servers so that
 // the drift of a shared machine hits both alike. It prints requests per
 // second, the median and 99th percentile latency of each server at each
 // concurrency, and the ratio of the middleware's requests per second over
