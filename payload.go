@@ -77,11 +77,20 @@ type Event struct {
 	// PayloadError is set, with a null payload, when fal could not
 	// serialize the model output.
 	PayloadError string `json:"payload_error,omitempty"`
+
+	// ErrorType is fal's machine-readable category of a failure, such as
+	// "request_timeout" or "runner_disconnected": the body's error_type when
+	// a delivery carries one, or the X-Fal-Error-Type header of the queue's
+	// answer when the event was fetched from fal's queue (package falqueue).
+	// It is empty when absent or null. Event.Err falls back to the payload's
+	// own error_type, which fal's infrastructure errors carry.
+	ErrorType string `json:"error_type,omitempty"`
 }
 
 // ParseEvent parses a webhook body. The body must be exactly one JSON object
 // with a non-empty string request_id and a non-empty string status.
-// gateway_request_id, error and payload_error are optional and may be null;
+// gateway_request_id, error, payload_error and error_type are optional and
+// may be null;
 // when present they must be strings. payload may be any JSON value and is
 // kept byte for byte. Keys match exactly (case-sensitively); unknown keys are
 // ignored, but a known key given twice is rejected rather than guessed at.
@@ -113,6 +122,7 @@ const (
 	seenError
 	seenPayload
 	seenPayloadError
+	seenErrorType
 )
 
 // parse parses body into e in one pass that also checks the whole body's
@@ -213,6 +223,8 @@ func (e *Event) member(m *member, seen *int, requestID string) error {
 		bit, e.Payload = seenPayload, m.value
 	case "payload_error":
 		bit, err = seenPayloadError, decodeString(m.value, &e.PayloadError, true)
+	case "error_type":
+		bit, err = seenErrorType, decodeString(m.value, &e.ErrorType, true)
 	default:
 		return nil
 	}
@@ -783,7 +795,11 @@ func DecodePayload[T any](e *Event) (T, error) {
 // there is no output to use. Unknown statuses count as failure.
 //
 // A failure is a *RequestError, which matches ErrRequestFailed. Its Detail is
-// parsed from the payload's "detail" when there is one.
+// parsed from the payload's "detail" when there is one. Its ErrorType is the
+// event's ErrorType or, when that is empty, the payload's "error_type" string
+// (fal's infrastructure errors have the flat shape {"detail": "Request timed
+// out", "error_type": "request_timeout"}, and fal documents the
+// X-Fal-Error-Type header as carrying the same value).
 func (e *Event) Err() error {
 	if e == nil {
 		return fmt.Errorf("%w: nil event", ErrInvalidEvent)
@@ -797,6 +813,7 @@ func (e *Event) Err() error {
 		Status:           e.Status,
 		Message:          e.Error,
 		PayloadError:     e.PayloadError,
+		ErrorType:        e.ErrorType,
 		Payload:          e.Payload,
 	}
 	if e.hasPayload() {
@@ -805,6 +822,15 @@ func (e *Event) Err() error {
 		}
 		if json.Unmarshal(e.Payload, &p) == nil {
 			re.Detail = p.Detail
+		}
+		if re.ErrorType == "" {
+			// Separately: a detail of an unknown shape must not hide it.
+			var t struct {
+				ErrorType string `json:"error_type"`
+			}
+			if json.Unmarshal(e.Payload, &t) == nil {
+				re.ErrorType = t.ErrorType
+			}
 		}
 	}
 	return re
@@ -819,6 +845,7 @@ type RequestError struct {
 	Message          string          // the event's error, such as "Invalid status code: 422"
 	Detail           *ErrorDetail    // the payload's detail, or nil when it has none that parses
 	PayloadError     string          // the event's payload_error, if any
+	ErrorType        string          // fal's category of the failure, such as "request_timeout", if known (see Event.Err)
 	Payload          json.RawMessage // the event's raw payload; not a copy
 }
 
@@ -832,7 +859,9 @@ const (
 //
 //	falwebhook: request 1234 failed: Invalid status code: 422: body.prompt: field required (value_error.missing)
 //
-// The status is named unless it is StatusError. The raw payload appears,
+// An error type follows the message in brackets, as in "Invalid status code:
+// 504 [request_timeout]: Request timed out". The status is named unless it is
+// StatusError. The raw payload appears,
 // compacted, only when it has no detail. Control characters and runs of
 // white space become one space and long parts are shortened; the fields hold
 // the texts verbatim.
@@ -857,6 +886,14 @@ func (e *RequestError) Error() string {
 		}
 	}
 	part("", e.Message, maxErrorPart)
+	if t := oneLine(e.ErrorType, maxErrorPart); t != "" {
+		if e.Message == "" {
+			b.WriteString(":")
+		}
+		b.WriteString(" [")
+		b.WriteString(t)
+		b.WriteString("]")
+	}
 	if e.Detail != nil {
 		part("", e.Detail.String(), maxErrorPart)
 	} else if p := bytes.Trim(e.Payload, jsonSpace); len(p) > 0 && string(p) != "null" {

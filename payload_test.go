@@ -636,6 +636,7 @@ func FuzzParseEvent(f *testing.F) {
 	for _, seed := range []string{
 		realDelivery, error422, error422Index, errorStringDetail, maxSeed, payloadErrorOK,
 		`{"request_id":"r1","status":"CANCELLED"}`,
+		`{"request_id":"r1","status":"ERROR","error_type":"request_timeout","payload":{"detail":"Request timed out","error_type":"request_timeout"}}`,
 		`{"request_id":"r1","status":"OK","payload":null}`,
 		`{"request_id":"r1","status":"OK","extra":{"nested":[1,2,3]}}`,
 		`{"request_id":"r1","status":"ERROR","error":"x","payload":{"detail":[{"loc":[null]}]}}`,
@@ -817,4 +818,108 @@ func FuzzValidObject(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(checkObjectSyntax)
+}
+
+func TestParseEventErrorType(t *testing.T) {
+	tests := []struct {
+		name    string
+		body    string
+		want    string
+		wantErr error
+	}{
+		{name: "string", body: `{"request_id":"r1","status":"ERROR","error_type":"request_timeout"}`, want: "request_timeout"},
+		{name: "null", body: `{"request_id":"r1","status":"ERROR","error_type":null}`},
+		{name: "absent", body: `{"request_id":"r1","status":"ERROR"}`},
+		{name: "escaped", body: `{"request_id":"r1","status":"ERROR","error_type":"a\u005fb"}`, want: "a_b"},
+		{name: "a number", body: `{"request_id":"r1","status":"ERROR","error_type":504}`, wantErr: ErrInvalidEvent},
+		{name: "twice", body: `{"request_id":"r1","status":"ERROR","error_type":"a","error_type":"a"}`, wantErr: ErrInvalidEvent},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ev, err := ParseEvent([]byte(tt.body))
+			if tt.wantErr != nil {
+				if !errors.Is(err, tt.wantErr) {
+					t.Fatalf("ParseEvent(%s) error = %v, want %v", tt.body, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ev.ErrorType != tt.want {
+				t.Errorf("ErrorType = %q, want %q", ev.ErrorType, tt.want)
+			}
+		})
+	}
+}
+
+func TestEventErrErrorType(t *testing.T) {
+	tests := []struct {
+		name     string
+		ev       Event
+		wantType string
+		wantText string
+	}{
+		{
+			name:     "from the event",
+			ev:       Event{RequestID: "r1", Status: StatusError, Error: "Invalid status code: 504", ErrorType: "request_timeout", Payload: json.RawMessage(`{"detail":"Request timed out"}`)},
+			wantType: "request_timeout",
+			wantText: "falwebhook: request r1 failed: Invalid status code: 504 [request_timeout]: Request timed out",
+		},
+		{
+			name:     "from the payload's flat infrastructure shape",
+			ev:       Event{RequestID: "r1", Status: StatusError, Error: "Invalid status code: 503", Payload: json.RawMessage(`{"detail":"Runner disconnected","error_type":"runner_disconnected"}`)},
+			wantType: "runner_disconnected",
+			wantText: "falwebhook: request r1 failed: Invalid status code: 503 [runner_disconnected]: Runner disconnected",
+		},
+		{
+			name:     "the event's wins over the payload's",
+			ev:       Event{RequestID: "r1", Status: StatusError, ErrorType: "header", Payload: json.RawMessage(`{"error_type":"body"}`)},
+			wantType: "header",
+			wantText: `falwebhook: request r1 failed: [header]: payload {"error_type":"body"}`,
+		},
+		{
+			name:     "payload with a detail of another shape",
+			ev:       Event{RequestID: "r1", Status: StatusError, Payload: json.RawMessage(`{"detail":{"x":1},"error_type":"internal_error"}`)},
+			wantType: "internal_error",
+			wantText: `falwebhook: request r1 failed: [internal_error]: payload {"detail":{"x":1},"error_type":"internal_error"}`,
+		},
+		{
+			name:     "payload error_type not a string",
+			ev:       Event{RequestID: "r1", Status: StatusError, Error: "x", Payload: json.RawMessage(`{"error_type":7}`)},
+			wantText: `falwebhook: request r1 failed: x: payload {"error_type":7}`,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var re *RequestError
+			if !errors.As(tt.ev.Err(), &re) {
+				t.Fatalf("Err() = %v, want a *RequestError", tt.ev.Err())
+			}
+			if re.ErrorType != tt.wantType {
+				t.Errorf("ErrorType = %q, want %q", re.ErrorType, tt.wantType)
+			}
+			if got := re.Error(); got != tt.wantText {
+				t.Errorf("error text\n got %s\nwant %s", got, tt.wantText)
+			}
+		})
+	}
+}
+
+func TestEventErrorTypeRoundTrip(t *testing.T) {
+	ev := &Event{RequestID: "r1", Status: StatusError, ErrorType: "startup_timeout"}
+	b := mustMarshal(t, ev)
+	if !bytes.Contains(b, []byte(`"error_type":"startup_timeout"`)) {
+		t.Errorf("marshalled event %s lacks error_type", b)
+	}
+	back, err := ParseEvent(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if back.ErrorType != ev.ErrorType {
+		t.Errorf("error_type after a round trip = %q, want %q", back.ErrorType, ev.ErrorType)
+	}
+	if b := mustMarshal(t, &Event{RequestID: "r1", Status: StatusOK}); bytes.Contains(b, []byte("error_type")) {
+		t.Errorf("an event without an error type marshals one: %s", b)
+	}
 }
