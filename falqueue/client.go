@@ -50,6 +50,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -330,6 +331,11 @@ func (cfg *config) checkRequest(op Op, req *Request) (string, error) {
 // enqueued request (fal's own clients accept that risk too). Other error
 // answers are an *APIError.
 func (c *Client) Submit(ctx context.Context, endpoint string, input any, webhookURL string) (*Request, error) {
+	req, err := c.submit(ctx, endpoint, input, webhookURL)
+	return req, c.scrub(err)
+}
+
+func (c *Client) submit(ctx context.Context, endpoint string, input any, webhookURL string) (*Request, error) {
 	cfg, err := c.config()
 	if err != nil {
 		return nil, err
@@ -370,6 +376,11 @@ func (c *Client) Submit(ctx context.Context, endpoint string, input any, webhook
 			return nil, wrapCall(OpSubmit, endpoint, a.RequestID, err)
 		}
 	}
+	for _, v := range []string{a.RequestID, a.StatusURL, a.ResponseURL, a.CancelURL} {
+		if c.redact(v) != v { // a Request is stored and logged: it must not carry the key
+			return nil, wrapCall(OpSubmit, endpoint, "", fmt.Errorf("%w: the answer quotes the key", ErrInvalidResponse))
+		}
+	}
 	return &Request{
 		ID:          a.RequestID,
 		Endpoint:    endpoint,
@@ -391,6 +402,11 @@ func (c *Client) Submit(ctx context.Context, endpoint string, input any, webhook
 // *APIError; an answer that is not a status, or is another request's, is
 // ErrInvalidResponse.
 func (c *Client) Status(ctx context.Context, req *Request) (*Status, error) {
+	st, err := c.status(ctx, req)
+	return st, c.scrub(err)
+}
+
+func (c *Client) status(ctx context.Context, req *Request) (*Status, error) {
 	cfg, err := c.config()
 	if err != nil {
 		return nil, err
@@ -411,6 +427,8 @@ func (c *Client) Status(ctx context.Context, req *Request) (*Status, error) {
 	if err != nil {
 		return nil, wrapCall(OpStatus, req.Endpoint, req.ID, err)
 	}
+	st.State, st.Error, st.ErrorType = State(c.redact(string(st.State))), c.redact(st.Error), c.redact(st.ErrorType)
+	st.Metrics = c.redactBytes(st.Metrics)
 	return st, nil
 }
 
@@ -443,6 +461,11 @@ func (c *Client) Status(ctx context.Context, req *Request) (*Status, error) {
 // Result is retried like Status. Call it once Status reports
 // StateCompleted.
 func (c *Client) Result(ctx context.Context, req *Request) (*falwebhook.Event, error) {
+	ev, err := c.result(ctx, req)
+	return ev, c.scrub(err)
+}
+
+func (c *Client) result(ctx context.Context, req *Request) (*falwebhook.Event, error) {
 	cfg, err := c.config()
 	if err != nil {
 		return nil, err
@@ -463,7 +486,7 @@ func (c *Client) Result(ctx context.Context, req *Request) (*falwebhook.Event, e
 	switch {
 	case code == http.StatusOK:
 		ev := &falwebhook.Event{RequestID: req.ID, Status: falwebhook.StatusOK}
-		setPayload(ev, ans)
+		c.setPayload(ev, ans)
 		return ev, nil
 	case code < 400 || code > 599,
 		code == http.StatusUnauthorized, code == http.StatusForbidden, code == http.StatusTooManyRequests,
@@ -475,20 +498,22 @@ func (c *Client) Result(ctx context.Context, req *Request) (*falwebhook.Event, e
 		RequestID: req.ID,
 		Status:    falwebhook.StatusError,
 		Error:     "Invalid status code: " + strconv.Itoa(code),
-		ErrorType: ans.header.Get(headerErrorType),
+		ErrorType: c.redact(ans.header.Get(headerErrorType)),
 	}
 	if len(bytes.TrimSpace(ans.body)) > 0 {
-		setPayload(ev, ans)
+		c.setPayload(ev, ans)
 	}
 	return ev, nil
 }
 
 // setPayload makes the answer's body the event's payload, or, when it is
 // not JSON, a null payload with a payload_error, as fal's webhook reports
-// an output it cannot serialize.
-func setPayload(ev *falwebhook.Event, ans *answer) {
-	if json.Valid(ans.body) {
-		ev.Payload = ans.body
+// an output it cannot serialize. The key is removed from it: an answer
+// never legitimately holds it, and events are stored.
+func (c *Client) setPayload(ev *falwebhook.Event, ans *answer) {
+	body := c.redactBytes(ans.body)
+	if json.Valid(body) {
+		ev.Payload = body
 		return
 	}
 	ev.Payload = json.RawMessage("null")
@@ -496,7 +521,7 @@ func setPayload(ev *falwebhook.Event, ans *answer) {
 	if ct == "" {
 		ct = "no Content-Type"
 	}
-	ev.PayloadError = fmt.Sprintf("falqueue: the answer's body is not JSON (%s, %d bytes)", oneLine(ct, 100), len(ans.body))
+	ev.PayloadError = c.redact(fmt.Sprintf("falqueue: the answer's body is not JSON (%s, %d bytes)", oneLine(ct, 100), len(ans.body)))
 }
 
 // notReady reports whether a result answer says the request has not
@@ -529,6 +554,10 @@ func notReady(ans *answer, id string) (State, bool) {
 // ErrResultGone; other error answers are an *APIError. Cancel is retried
 // like Status.
 func (c *Client) Cancel(ctx context.Context, req *Request) error {
+	return c.scrub(c.cancel(ctx, req))
+}
+
+func (c *Client) cancel(ctx context.Context, req *Request) error {
 	cfg, err := c.config()
 	if err != nil {
 		return err
@@ -610,7 +639,7 @@ const redacted = "[REDACTED]"
 // redact removes the key, and the secret part of an id:secret key, from s,
 // a text taken from fal's answer.
 func (c *Client) redact(s string) string {
-	if c.Key == "" {
+	if c == nil || c.Key == "" {
 		return s
 	}
 	s = strings.ReplaceAll(s, c.Key, redacted)
@@ -618,6 +647,66 @@ func (c *Client) redact(s string) string {
 		s = strings.ReplaceAll(s, secret, redacted)
 	}
 	return s
+}
+
+// redactBytes is redact for a body; it returns b itself when there is
+// nothing to remove.
+func (c *Client) redactBytes(b []byte) []byte {
+	if c == nil || c.Key == "" {
+		return b
+	}
+	_, secret, _ := strings.Cut(c.Key, ":")
+	if !bytes.Contains(b, []byte(c.Key)) && (len(secret) < 8 || !bytes.Contains(b, []byte(secret))) {
+		return b
+	}
+	return []byte(c.redact(string(b)))
+}
+
+// scrub returns err, or, if its text would show the key (an answer or a
+// stored URL quoted it), an error with the key removed from its text that
+// still matches what err matched: the package's sentinels, *APIError,
+// the context's errors and the network errors.
+func (c *Client) scrub(err error) error {
+	if err == nil {
+		return nil
+	}
+	msg := err.Error()
+	if red := c.redact(msg); red != msg {
+		return &scrubbed{msg: red, errs: matched(err)}
+	}
+	return err
+}
+
+// scrubbed is an error whose text had the key removed.
+type scrubbed struct {
+	msg  string
+	errs []error
+}
+
+func (e *scrubbed) Error() string   { return e.msg }
+func (e *scrubbed) Unwrap() []error { return e.errs }
+
+// matched returns the errors in err's tree that scrubbed keeps.
+func matched(err error) []error {
+	var out []error
+	for _, s := range []error{
+		ErrInvalidConfig, ErrInvalidArgument, ErrUntrustedURL, ErrInvalidResponse, ErrResponseTooLarge,
+		ErrNotReady, ErrResultGone, ErrRateLimited, ErrUnauthorized, ErrRejected, ErrServerError,
+		ErrUnexpectedStatus, ErrAlreadyCompleted, context.Canceled, context.DeadlineExceeded,
+	} {
+		if errors.Is(err, s) {
+			out = append(out, s)
+		}
+	}
+	var ae *APIError
+	if errors.As(err, &ae) {
+		out = append(out, ae) // its text is redacted when it is made
+	}
+	var op *net.OpError
+	if errors.As(err, &op) {
+		out = append(out, &net.OpError{Op: op.Op, Net: op.Net, Err: errors.New("network error")})
+	}
+	return out
 }
 
 // String returns a description of the Client that never shows its key:

@@ -89,19 +89,12 @@ func (s *Status) Completed() bool { return s != nil && s.State == StateCompleted
 // must be id; queue_position, when present and not null, a non-negative
 // integer; error and error_type strings or null.
 func parseStatus(body []byte, id string) (*Status, error) {
-	var a struct {
-		Status        json.RawMessage `json:"status"`
-		RequestID     json.RawMessage `json:"request_id"`
-		QueuePosition json.RawMessage `json:"queue_position"`
-		Error         json.RawMessage `json:"error"`
-		ErrorType     json.RawMessage `json:"error_type"`
-		Metrics       json.RawMessage `json:"metrics"`
-	}
-	if err := unmarshalObject(body, &a); err != nil {
+	m, err := members(body)
+	if err != nil {
 		return nil, err
 	}
 	st := &Status{RequestID: id, QueuePosition: -1}
-	state, err := jsonString("status", a.Status, false)
+	state, err := jsonString("status", m["status"], false)
 	if err != nil {
 		return nil, err
 	}
@@ -109,8 +102,8 @@ func parseStatus(body []byte, id string) (*Status, error) {
 		return nil, fmt.Errorf("%w: status answer has no status", ErrInvalidResponse)
 	}
 	st.State = State(state)
-	if a.RequestID != nil {
-		got, err := jsonString("request_id", a.RequestID, true)
+	if raw, ok := m["request_id"]; ok {
+		got, err := jsonString("request_id", raw, true)
 		if err != nil {
 			return nil, err
 		}
@@ -118,21 +111,21 @@ func parseStatus(body []byte, id string) (*Status, error) {
 			return nil, fmt.Errorf("%w: status answer is for request %q, not %q", ErrInvalidResponse, oneLine(got, maxDetail), oneLine(id, maxDetail))
 		}
 	}
-	if p := bytes.TrimSpace(a.QueuePosition); len(p) > 0 && string(p) != "null" {
+	if p := bytes.TrimSpace(m["queue_position"]); len(p) > 0 && string(p) != "null" {
 		n, err := strconv.Atoi(string(p))
 		if err != nil || n < 0 {
 			return nil, fmt.Errorf("%w: queue_position %s is not a non-negative integer", ErrInvalidResponse, oneLine(string(p), maxDetail))
 		}
 		st.QueuePosition = n
 	}
-	if st.Error, err = jsonString("error", a.Error, true); err != nil {
+	if st.Error, err = jsonString("error", m["error"], true); err != nil {
 		return nil, err
 	}
-	if st.ErrorType, err = jsonString("error_type", a.ErrorType, true); err != nil {
+	if st.ErrorType, err = jsonString("error_type", m["error_type"], true); err != nil {
 		return nil, err
 	}
-	if m := bytes.TrimSpace(a.Metrics); len(m) > 0 && string(m) != "null" {
-		st.Metrics = bytes.Clone(m)
+	if mt := bytes.TrimSpace(m["metrics"]); len(mt) > 0 && string(mt) != "null" {
+		st.Metrics = bytes.Clone(mt)
 	}
 	return st, nil
 }
@@ -149,27 +142,21 @@ type submitAnswer struct {
 // status_url, response_url and cancel_url are non-empty strings. The URLs
 // are checked by the caller.
 func parseSubmit(body []byte) (*submitAnswer, error) {
-	var a struct {
-		RequestID   json.RawMessage `json:"request_id"`
-		StatusURL   json.RawMessage `json:"status_url"`
-		ResponseURL json.RawMessage `json:"response_url"`
-		CancelURL   json.RawMessage `json:"cancel_url"`
-	}
-	if err := unmarshalObject(body, &a); err != nil {
+	m, err := members(body)
+	if err != nil {
 		return nil, err
 	}
 	var s submitAnswer
 	for _, f := range []struct {
 		name string
-		raw  json.RawMessage
 		dst  *string
 	}{
-		{"request_id", a.RequestID, &s.RequestID},
-		{"status_url", a.StatusURL, &s.StatusURL},
-		{"response_url", a.ResponseURL, &s.ResponseURL},
-		{"cancel_url", a.CancelURL, &s.CancelURL},
+		{"request_id", &s.RequestID},
+		{"status_url", &s.StatusURL},
+		{"response_url", &s.ResponseURL},
+		{"cancel_url", &s.CancelURL},
 	} {
-		v, err := jsonString(f.name, f.raw, true)
+		v, err := jsonString(f.name, m[f.name], true)
 		if err != nil {
 			return nil, err
 		}
@@ -184,16 +171,19 @@ func parseSubmit(body []byte) (*submitAnswer, error) {
 	return &s, nil
 }
 
-// unmarshalObject decodes body, which must be one JSON object, into v.
-func unmarshalObject(body []byte, v any) error {
+// members decodes body, which must be one JSON object, into its members,
+// keyed exactly (not case-insensitively, as encoding/json matches struct
+// fields); of a key given twice the last counts.
+func members(body []byte) (map[string]json.RawMessage, error) {
 	t := bytes.TrimSpace(body)
+	var m map[string]json.RawMessage
 	if len(t) == 0 || t[0] != '{' {
-		return fmt.Errorf("%w: the answer is not a JSON object: %s", ErrInvalidResponse, excerpt(body))
+		return nil, fmt.Errorf("%w: the answer is not a JSON object: %s", ErrInvalidResponse, excerpt(body))
 	}
-	if err := json.Unmarshal(t, v); err != nil {
-		return fmt.Errorf("%w: the answer is not a JSON object: %w", ErrInvalidResponse, err)
+	if err := json.Unmarshal(t, &m); err != nil {
+		return nil, fmt.Errorf("%w: the answer is not a JSON object: %w", ErrInvalidResponse, err)
 	}
-	return nil
+	return m, nil
 }
 
 // jsonString decodes raw, the value of the member name, as a string. An
