@@ -1,7 +1,9 @@
 // Package faltest signs fal.ai webhook deliveries for tests, the way
 // net/http/httptest fakes HTTP: a Signer holds an Ed25519 key and signs
-// deliveries exactly as fal does, and a KeyServer publishes Signers' public
-// keys as a JWKS document on a loopback address.
+// deliveries exactly as fal does, a KeyServer publishes Signers' public
+// keys as a JWKS document on a loopback address, and a Queue is a fake fal
+// queue (submit, status, result, cancel, signed webhooks on fal's retry
+// schedule, and faults) running on a fake Clock.
 //
 // The signed message is four lines joined by "\n", with no trailing newline:
 //
@@ -28,6 +30,16 @@
 //	ks := faltest.NewKeyServer(signer)
 //	defer ks.Close()
 //	v := falwebhook.NewVerifier(falwebhook.WithKeys(&falwebhook.JWKS{URL: ks.URL, Client: ks.Client()}))
+//
+// and the whole round trip, submit to processed, offline:
+//
+//	clock := faltest.NewClock(time.Time{})
+//	q := faltest.NewQueue(signer, clock)
+//	defer q.Close()
+//	v := falwebhook.NewVerifier(falwebhook.WithKeys(falwebhook.StaticKeys(signer.PublicKey())), falwebhook.WithClock(clock.Now))
+//	qc := &falqueue.Client{Key: q.Key(), BaseURL: q.URL, Clock: clock}
+//	req, err := qc.Submit(ctx, "fal-ai/flux/dev", input, receiver.URL+"/fal/webhook")
+//	err = q.Advance(ctx, time.Minute) // delivers the webhook, retrying as fal does
 package faltest
 
 import (
@@ -316,7 +328,7 @@ func (s *Signer) NewClientRequest(ctx context.Context, url string, d Delivery) (
 // which reproduces a captured body byte for byte. OKBody panics if payload
 // cannot be marshalled.
 func OKBody(requestID string, payload any) []byte {
-	return deliveryBody(requestID, "", marshalPayload(payload))
+	return deliveryBody(requestID, "", marshalPayload(payload), "")
 }
 
 // ErrorBody returns the body of a failed delivery, shaped like OKBody:
@@ -330,7 +342,7 @@ func ErrorBody(requestID string, statusCode int, detail any) []byte {
 	payload := []byte(`{"detail": `)
 	payload = append(payload, marshalPayload(detail)...)
 	payload = append(payload, '}')
-	return deliveryBody(requestID, "Invalid status code: "+strconv.Itoa(statusCode), payload)
+	return deliveryBody(requestID, "Invalid status code: "+strconv.Itoa(statusCode), payload, "")
 }
 
 // validationDetail is the detail of fal's documented 422 example.
@@ -345,8 +357,8 @@ func ValidationErrorBody(requestID string) []byte {
 }
 
 // deliveryBody assembles a body from its parts; errMsg "" means status OK
-// with a null error.
-func deliveryBody(requestID, errMsg string, payload []byte) []byte {
+// with a null error, and payloadError "" means no payload_error member.
+func deliveryBody(requestID, errMsg string, payload []byte, payloadError string) []byte {
 	id := marshalCompact(requestID)
 	b := make([]byte, 0, 128+2*len(id)+len(errMsg)+len(payload))
 	b = append(b, `{"error": `...)
@@ -361,6 +373,10 @@ func deliveryBody(requestID, errMsg string, payload []byte) []byte {
 	b = append(b, id...)
 	b = append(b, `, "payload": `...)
 	b = append(b, payload...)
+	if payloadError != "" {
+		b = append(b, `, "payload_error": `...)
+		b = append(b, marshalCompact(payloadError)...)
+	}
 	b = append(b, `, "request_id": `...)
 	b = append(b, id...)
 	b = append(b, `, "status": `...)
