@@ -1,13 +1,16 @@
 package faltest_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"time"
 
 	"github.com/falwebhook/falwebhook"
+	"github.com/falwebhook/falwebhook/falqueue"
 	"github.com/falwebhook/falwebhook/faltest"
 )
 
@@ -96,4 +99,74 @@ func ExampleKeyServer() {
 	// [828dbb0c20841fb2] 828dbb0c20841fb2
 	// [828dbb0c20841fb2 4e53a8f0f6fbb6d5] 4e53a8f0f6fbb6d5
 	// fetches: 2
+}
+
+// Test the whole round trip offline: submit to a fake fal queue, receive
+// its signed webhook through falwebhook's verifier, and recover a request
+// whose webhook was lost by polling the queue, before fal forgets it.
+func ExampleQueue() {
+	ctx := context.Background()
+	signer := faltest.SignerFromName("example")
+	clock := faltest.NewClock(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
+	q := faltest.NewQueue(signer, clock)
+	defer q.Close()
+	q.SetPlanner(func(r faltest.QueueRequest) faltest.Plan {
+		p := faltest.Plan{InProgress: 5 * time.Second} // the output is the input, echoed
+		p.Webhook.Drop = strings.Contains(string(r.Input), "lost")
+		return p
+	})
+
+	// The receiver: falwebhook's verifier on the queue's clock, and a
+	// receiver that is down for the first 30 seconds.
+	processed := map[string]string{}
+	down := true
+	v := falwebhook.NewVerifier(falwebhook.WithKeys(falwebhook.StaticKeys(signer.PublicKey())), falwebhook.WithClock(clock.Now))
+	handler := v.Handler(func(w http.ResponseWriter, r *http.Request, ev *falwebhook.Event) {
+		processed[ev.RequestID] = "webhook " + string(ev.Payload)
+	})
+	receiver := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if down {
+			http.Error(w, "down", http.StatusServiceUnavailable)
+			return
+		}
+		handler.ServeHTTP(w, r)
+	}))
+	defer receiver.Close()
+
+	qc := &falqueue.Client{Key: q.Key(), BaseURL: q.URL, Clock: clock}
+	var reqs []*falqueue.Request
+	for _, prompt := range []string{"a dog", "a lost cat"} {
+		req, err := qc.Submit(ctx, "fal-ai/flux/dev", map[string]string{"prompt": prompt}, receiver.URL+"/fal/webhook")
+		if err != nil {
+			panic(err)
+		}
+		reqs = append(reqs, req)
+	}
+
+	_ = q.Advance(ctx, 30*time.Second) // fal's attempts at 5 s and 20 s fail: the receiver is down
+	down = false
+	_ = q.Advance(ctx, 2*time.Minute) // fal's retry at 50 s gets through
+
+	for _, req := range reqs { // a backstop polls what no webhook brought
+		if _, ok := processed[req.ID]; ok {
+			continue
+		}
+		if st, err := qc.Status(ctx, req); err != nil || !st.Completed() {
+			panic(fmt.Sprint(st, err))
+		}
+		ev, err := qc.Result(ctx, req)
+		if err != nil {
+			panic(err)
+		}
+		processed[ev.RequestID] = "polled " + string(ev.Payload)
+	}
+
+	for _, req := range reqs {
+		info, _ := q.Request(req.ID)
+		fmt.Printf("%s: %s; webhook %s after %d attempts; %d status calls, %d results fetched\n",
+			req.ID, processed[req.ID], info.Webhook, len(info.Attempts), info.StatusCalls, info.ResultsServed)
+	}
+	// Output:
+	// 00000000-0000-4000-8000-000000000001: webhook {"prompt":"a dog"}; webhook delivered after 3 attempts; 0 status calls, 0 results fetched
+	// 00000000-0000-4000-8000-000000000002: polled {"prompt":"a lost cat"}; webhook dropped after 0 attempts; 1 status calls, 1 results fetched
 }
