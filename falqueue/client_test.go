@@ -264,6 +264,17 @@ func TestSubmitAnswerValidation(t *testing.T) {
 	}
 }
 
+func TestSubmitUnknownEndpoint(t *testing.T) {
+	s := newServer(t, func(w http.ResponseWriter, r *http.Request, n int) {
+		writeJSON(w, 404, `{"detail": "Application not found"}`)
+	})
+	c, _ := s.client(0.5)
+	_, err := c.Submit(context.Background(), "fal-ai/no-such-app", nil, "")
+	if !errors.Is(err, ErrRejected) || errors.Is(err, ErrResultGone) {
+		t.Errorf("submit to an unknown endpoint: %v, want ErrRejected (nothing was gone)", err)
+	}
+}
+
 func TestSubmitArgumentsCheckedBeforeSending(t *testing.T) {
 	tests := []struct {
 		name     string
@@ -311,8 +322,19 @@ func TestSubmitArgumentsCheckedBeforeSending(t *testing.T) {
 	}
 }
 
+// noNetwork is an HTTP client that sends nothing anywhere and counts what
+// it was asked to send: a misconfigured Client must not reach it, and a
+// mutant that lets one through must not reach the network.
+type noNetwork struct{ n atomic.Int32 }
+
+func (nn *noNetwork) RoundTrip(*http.Request) (*http.Response, error) {
+	nn.n.Add(1)
+	return nil, errors.New("noNetwork: nothing is sent from this test")
+}
+
 func TestConfigChecked(t *testing.T) {
 	s := newServer(t, func(w http.ResponseWriter, r *http.Request, n int) { writeJSON(w, 200, `{"status":"COMPLETED"}`) })
+	nn := &noNetwork{}
 	tests := []struct {
 		name string
 		c    *Client
@@ -333,6 +355,9 @@ func TestConfigChecked(t *testing.T) {
 		{"negative MaxResultBytes", &Client{Key: testKey, BaseURL: s.URL, MaxResultBytes: -1}},
 	}
 	for _, tt := range tests {
+		if tt.c != nil {
+			tt.c.HTTPClient, tt.c.Clock = &http.Client{Transport: nn}, newTestClock()
+		}
 		t.Run(tt.name, func(t *testing.T) {
 			ctx := context.Background()
 			_, err1 := tt.c.Submit(ctx, "fal-ai/flux", nil, "")
@@ -346,7 +371,7 @@ func TestConfigChecked(t *testing.T) {
 			}
 		})
 	}
-	if n := s.Calls(); n != 0 {
+	if n := s.Calls() + int(nn.n.Load()); n != 0 {
 		t.Errorf("a misconfigured client sent %d calls", n)
 	}
 	for _, base := range []string{"", "https://queue.fal.run", "http://127.0.0.1:1", "http://localhost:8080", "http://[::1]:9", "https://queue.fal.run/prefix/"} {

@@ -105,6 +105,10 @@ func TestKeyNeverInErrors(t *testing.T) {
 				if err != nil {
 					outs = append(outs, formsOf(err)...)
 				}
+				var ae *APIError
+				if errors.As(err, &ae) {
+					outs = append(outs, ae.Error(), ae.Detail, ae.ErrorType, fmt.Sprintf("%#v", *ae))
+				}
 				for _, o := range append(outs, evt) {
 					if leaks(o) {
 						t.Errorf("the key shows in %s", o)

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -76,6 +77,14 @@ func TestStatusRetriesAsFalDoes(t *testing.T) {
 				t.Errorf("%d calls, want 1", s.Calls())
 			}
 		})
+	}
+}
+
+func TestRateLimitRetriedWhateverItsErrorType(t *testing.T) {
+	s := newServer(t, failThen(1, 429, http.Header{"X-Fal-Error-Type": {"rate_limited"}}, completed))
+	c, _ := s.client(0.5)
+	if _, err := c.Status(context.Background(), s.request("r")); err != nil || s.Calls() != 2 {
+		t.Errorf("429 with an error type: %v after %d calls, want success after 2", err, s.Calls())
 	}
 }
 
@@ -192,7 +201,9 @@ func TestSubmitRetries(t *testing.T) {
 }
 
 func TestRetryAfter(t *testing.T) {
-	date := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	// The server's clock is an hour ahead of the client's (testClock reads
+	// 12:00): a Retry-After date counts from the answer's Date.
+	date := time.Date(2026, 3, 1, 13, 0, 0, 0, time.UTC)
 	tests := []struct {
 		name       string
 		header     http.Header
@@ -446,13 +457,24 @@ func TestCancelledContextNotRetried(t *testing.T) {
 	s := newServer(t, failThen(100, 503, nil, completed))
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	c, clk := s.client(0.5)
+	clk := &countingClock{}
+	c := &Client{Key: testKey, BaseURL: s.URL, Clock: clk}
 	if _, err := c.Status(ctx, s.request("r")); !errors.Is(err, context.Canceled) {
 		t.Errorf("error %v, want context.Canceled", err)
 	}
-	if len(clk.Sleeps()) != 0 {
-		t.Errorf("a cancelled call was retried")
+	if clk.n.Load() != 0 {
+		t.Errorf("a cancelled call waited to retry %d times", clk.n.Load())
 	}
+}
+
+// countingClock counts Sleeps and ignores the context, as a careless Clock
+// might: the client must not rely on its Clock to stop a cancelled call.
+type countingClock struct{ n atomic.Int32 }
+
+func (c *countingClock) Now() time.Time { return time.Now() }
+func (c *countingClock) Sleep(context.Context, time.Duration) error {
+	c.n.Add(1)
+	return nil
 }
 
 func TestConcurrentUse(t *testing.T) {

@@ -45,7 +45,7 @@ func newHook(t *testing.T, answer func(n int) int) *hook {
 			code = h.answer(n)
 		}
 		if code >= 300 && code < 400 {
-			w.Header().Set("Location", "https://elsewhere.example/")
+			w.Header().Set("Location", "/moved") // on loopback: a mutant that follows redirects stays here
 		}
 		w.WriteHeader(code)
 	}))
@@ -377,12 +377,26 @@ func TestQueueWebhookGivesUp(t *testing.T) {
 			q, _ := newTestQueue(t)
 			h := newHook(t, func(int) int { return tt.answer })
 			s := submit(t, q, "fal-ai/flux/dev", `{"x":"`+strings.Repeat("a", tt.size)+`"}`, h.URL)
+			if tt.state == WebhookExpired {
+				// The attempt at 345 s fails and the next would come at
+				// 465 s, after the result expires at 6 minutes: fal stops
+				// then, not at 465 s.
+				if err := q.Advance(context.Background(), 350*time.Second); err != nil {
+					t.Fatal(err)
+				}
+				if info, _ := q.Request(s.RequestID); info.Webhook != WebhookExpired || !info.NextAttempt.IsZero() {
+					t.Errorf("at 350 s: webhook %s, next attempt %v; want expired, none", info.Webhook, info.NextAttempt)
+				}
+			}
 			if err := q.Advance(context.Background(), 3*time.Hour); err != nil {
 				t.Fatal(err)
 			}
 			info, _ := q.Request(s.RequestID)
 			if len(info.Attempts) != tt.attempts || info.Webhook != tt.state || !info.NextAttempt.IsZero() {
 				t.Errorf("%d attempts, state %s; want %d, %s", len(info.Attempts), info.Webhook, tt.attempts, tt.state)
+			}
+			if n := len(h.deliveries()); n != tt.attempts {
+				t.Errorf("the receiver got %d requests, want %d (redirects are not followed)", n, tt.attempts)
 			}
 			if last := info.Attempts[len(info.Attempts)-1].Time; !last.Before(info.ExpiresAt) {
 				t.Errorf("an attempt at %v came after the result expired at %v", last.Sub(t0), info.ExpiresAt.Sub(t0))
@@ -474,6 +488,62 @@ func TestQueueWebhookNotJSON(t *testing.T) {
 	}
 	if ev["payload"] != nil || ev["payload_error"] == nil || ev["status"] != "OK" || ev["request_id"] != s.RequestID {
 		t.Errorf("body %s, want a null payload with a payload_error", d.body)
+	}
+}
+
+func TestQueueFailedDuplicateNotRetried(t *testing.T) {
+	q, _ := newTestQueue(t)
+	h := newHook(t, func(n int) int {
+		if n == 0 {
+			return 200
+		}
+		return 500
+	})
+	q.SetPlanner(func(QueueRequest) Plan { return Plan{Webhook: WebhookPlan{Duplicates: 2}} })
+	s := submit(t, q, "a/b", `{}`, h.URL)
+	if err := q.Advance(context.Background(), time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	info, _ := q.Request(s.RequestID)
+	if len(info.Attempts) != 3 || info.Deliveries != 1 || info.Webhook != WebhookDelivered {
+		t.Errorf("%d attempts, %d delivered, %s; want 3 attempts (the duplicates fail, unretried), 1 delivered", len(info.Attempts), info.Deliveries, info.Webhook)
+	}
+}
+
+func TestQueueIDsUniqueWhilePlanning(t *testing.T) {
+	q, _ := newTestQueue(t)
+	second := make(chan struct{})
+	var calls sync.Mutex
+	n := 0
+	q.SetPlanner(func(QueueRequest) Plan {
+		calls.Lock()
+		n++
+		first := n == 1
+		calls.Unlock()
+		if first {
+			select { // the first submit is still planning when the second gets its id
+			case <-second:
+			case <-time.After(10 * time.Second):
+				t.Error("the second submit never reached its planner")
+			}
+		} else {
+			close(second)
+		}
+		return Plan{}
+	})
+	ids := make(chan string, 2)
+	var wg sync.WaitGroup
+	for i := 0; i < 2; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ids <- submit(t, q, "a/b", `{}`, "").RequestID
+		}()
+	}
+	wg.Wait()
+	close(ids)
+	if a, b := <-ids, <-ids; a == b {
+		t.Errorf("two requests got the id %s", a)
 	}
 }
 
