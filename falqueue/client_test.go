@@ -233,7 +233,7 @@ func TestSubmitAnswerValidation(t *testing.T) {
 			return fmt.Sprintf(`{"request_id":"r","status_url":"%s/a","response_url":"%s/a","cancel_url":null}`, b, b)
 		}, ErrInvalidResponse},
 		{"status_url on another host", func(b string) string {
-			return strings.Replace(submitAnswerFor(b, "r"), `"status_url": "`+b, `"status_url": "https://evil.example`, 1)
+			return strings.Replace(submitAnswerFor(b, "r"), `"status_url": "`+b, `"status_url": "https://127.0.0.2:9`, 1)
 		}, ErrUntrustedURL},
 		{"response_url on another port", func(b string) string {
 			return strings.Replace(submitAnswerFor(b, "r"), `"response_url": "`+b, `"response_url": "`+b[:strings.LastIndex(b, ":")]+":1", 1)
@@ -586,7 +586,7 @@ func TestResultOutcomes(t *testing.T) {
 		{name: "503 after the retries", code: 503, body: `{"detail": "Service Unavailable"}`, wantErr: ErrServerError, calls: 6},
 		{name: "500 after the retries", code: 500, body: ``, wantErr: ErrServerError, calls: 6},
 		{name: "501 unmarked is not the request's failure", code: 501, body: ``, wantErr: ErrServerError},
-		{name: "redirect not followed", code: 302, header: http.Header{"Location": {"https://elsewhere.example/steal"}}, body: ``, wantErr: ErrUnexpectedStatus},
+		{name: "redirect not followed", code: 302, header: http.Header{"Location": {"/steal"}}, body: ``, wantErr: ErrUnexpectedStatus},
 		{name: "204", code: 204, body: ``, wantErr: ErrUnexpectedStatus},
 	}
 	for _, tt := range tests {

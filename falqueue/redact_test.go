@@ -40,7 +40,7 @@ func TestKeyNeverInErrors(t *testing.T) {
 		plain(200, `{"status": "COMPLETED", "request_id": "AUTH"}`),
 		plain(200, `{"status": "IN_QUEUE", "queue_position": "AUTH"}`),
 		plain(200, `{"request_id": "AUTH"}`),
-		plain(200, `{"request_id": "AUTH", "status_url": "https://evil.example/AUTH", "response_url": "https://evil.example/AUTH", "cancel_url": "https://evil.example/AUTH"}`),
+		plain(200, `{"request_id": "AUTH", "status_url": "https://127.0.0.2:9/AUTH", "response_url": "https://127.0.0.2:9/AUTH", "cancel_url": "https://127.0.0.2:9/AUTH"}`),
 		plain(202, `{"status": "AUTH"}`),
 		plain(400, `{"detail": "AUTH"}`),
 		plain(400, `{"status": "IN_PROGRESS", "request_id": "r", "x": "AUTH"}`),
@@ -54,7 +54,7 @@ func TestKeyNeverInErrors(t *testing.T) {
 		plain(502, `{"status": "AUTH"}`),
 		{code: 503, header: func(auth string) http.Header { return http.Header{"X-Fal-Error-Type": {auth}} }, body: func(_, auth string) string { return `{"detail":"` + auth + `"}` }},
 		{code: 429, header: func(string) http.Header { return http.Header{"Retry-After": {"9999"}} }, body: func(_, auth string) string { return auth }},
-		{code: 302, header: func(auth string) http.Header { return http.Header{"Location": {"https://evil.example/" + auth}} }, body: func(_, auth string) string { return auth }},
+		{code: 302, header: func(auth string) http.Header { return http.Header{"Location": {"/moved/" + auth}} }, body: func(_, auth string) string { return auth }},
 	}
 	ops := []Op{OpSubmit, OpStatus, OpResult, OpCancel}
 	for i, a := range answers {
@@ -123,7 +123,7 @@ func TestKeyNeverInErrors(t *testing.T) {
 // removed still matches its sentinel and its *APIError.
 func TestScrubbedErrorsStillMatch(t *testing.T) {
 	s := newServer(t, func(w http.ResponseWriter, r *http.Request, n int) {
-		u := "https://evil.example/" + r.Header.Get("Authorization")
+		u := "https://127.0.0.2:9/" + r.Header.Get("Authorization")
 		writeJSON(w, 200, `{"request_id": "r", "status_url": "`+u+`", "response_url": "`+u+`", "cancel_url": "`+u+`"}`)
 	})
 	c, _ := s.client(0.5)
