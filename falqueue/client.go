@@ -83,9 +83,14 @@ const userAgent = "falqueue (github.com/falwebhook/falwebhook)"
 // default. A Client is safe for concurrent use by multiple goroutines.
 type Client struct {
 	// Key is the fal key, sent as "Authorization: Key <Key>"; fal keys are
-	// often of the form id:secret. It is required. It never appears in
-	// errors or formatted output, and Client removes it from any text of
-	// fal's answers it quotes in an error.
+	// often of the form id:secret. It is required. It is sent only to
+	// BaseURL's scheme, host and port. It never appears in errors or in the
+	// Client's formatted forms, and Client removes it (and the secret part
+	// of an id:secret key) from everything it takes from fal's answers:
+	// error texts, statuses and fetched payloads, since an answer never
+	// legitimately holds it; a submit answer quoting it is refused. A
+	// struct that holds a Client by value in an unexported field is printed
+	// by fmt without these methods: hold a *Client.
 	Key string
 
 	// BaseURL is where requests are submitted; DefaultBaseURL when empty.
