@@ -34,7 +34,10 @@ const (
 // at once, held before their signature is checked (default 64 MiB, or
 // twice the body size limit when that is larger). Bytes are charged as
 // they arrive, not as Content-Length claims, and released as soon as the
-// signature is checked. A quarter of the budget is kept for the first
+// signature is checked: the first 512 bytes of a body cost no buffer and
+// no budget, so a request that sends headers and no body, or trickles a
+// few bytes, holds none of it, and after that a body's buffers are never
+// more than four times its bytes. A quarter of the budget is kept for the first
 // 64 KiB of each body, so a flood of large forged bodies cannot crowd out
 // small genuine deliveries. A request that would exceed the budget is
 // answered 503 with Retry-After (fal retries) and its connection closed.
@@ -49,8 +52,13 @@ func WithBodyBudget(n int64) Option {
 // seconds), so that a client trickling bytes cannot hold a buffer forever
 // even when the http.Server has no ReadTimeout. It is set with
 // http.ResponseController on the connection; it applies to Middleware and
-// Handler, which hold the ResponseWriter, not to VerifyRequest. Set the
-// server's ReadHeaderTimeout, ReadTimeout and IdleTimeout too.
+// Handler, which hold the ResponseWriter, not to VerifyRequest. It never
+// lengthens the http.Server's ReadTimeout: when that is no longer than d,
+// the server's deadline, counted from when it began reading the request,
+// is left to end the read. A request refused before its body is read is
+// answered with Connection: close and its read ended at once, so that the
+// server does not wait for the body. Set the server's ReadHeaderTimeout,
+// ReadTimeout and IdleTimeout too.
 func WithReadTimeout(d time.Duration) Option {
 	return func(v *Verifier) { v.readTimeout = max(d, 0) }
 }
