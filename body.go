@@ -103,7 +103,7 @@ var chunkSizes = [...]int{2 << 10, 4 << 10, 8 << 10, 16 << 10, 32 << 10, 64 << 1
 // bytes read are at least 1/wholeFactor of it, so that the body ends up in
 // one piece, read in place, and the event can share it without another
 // copy.
-const wholeFactor = 4
+const wholeFactor = 16
 
 // chunkPools recycle chunks of each size in chunkSizes, each held by a
 // pointer that goes back and forth with it, so that recycling allocates
