@@ -37,7 +37,7 @@ const (
 // signature is checked: the first 512 bytes of a body cost no buffer and
 // no budget, so a request that sends headers and no body, or trickles a
 // few bytes, holds none of it, and after that a body's buffers are never
-// more than four times its bytes. A quarter of the budget is kept for the first
+// more than 16 times its bytes. A quarter of the budget is kept for the first
 // 64 KiB of each body, so a flood of large forged bodies cannot crowd out
 // small genuine deliveries. A request that would exceed the budget is
 // answered 503 with Retry-After (fal retries) and its connection closed.
