@@ -155,3 +155,53 @@ func TestReadBodyRecyclesChunks(t *testing.T) {
 		t.Errorf("%.1f allocations per pooled body read", allocs)
 	}
 }
+
+// TestMiddlewarePayloadNotReused checks that the event and the fresh body
+// the middleware hands on keep their bytes after later deliveries, of every
+// shape (in the head, one buffer by Content-Length, pooled chunks without
+// it): nothing they share is given back to a pool and written again.
+func TestMiddlewarePayloadNotReused(t *testing.T) {
+	s := faltest.SignerFromName("alias")
+	v := NewVerifier(WithKeys(StaticKeys(s.PublicKey())), WithClock(func() time.Time { return benchTime }))
+	type kept struct {
+		payload, body []byte
+		ev            *Event
+	}
+	var got kept
+	h := v.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ev, _ := EventFromContext(r.Context())
+		b, _ := io.ReadAll(r.Body)
+		got = kept{payload: ev.Payload, body: b, ev: ev}
+	}))
+	deliver := func(size int, fill byte, withLength bool) kept {
+		body := bytes.Replace(benchBody(size), []byte("x"), []byte{fill}, -1)
+		req := s.NewRequest("/", faltest.Delivery{RequestID: "bench-request", Time: benchTime, Body: body})
+		req.Body = io.NopCloser(bytes.NewReader(body))
+		req.ContentLength = -1
+		if withLength {
+			req.ContentLength = int64(len(body))
+		}
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, req)
+		if w.Code != http.StatusOK {
+			t.Fatalf("%d bytes: status %d", size, w.Code)
+		}
+		return got
+	}
+	for _, size := range []int{200, 1500, 2 << 10, 16 << 10, 100 << 10, 1 << 20} {
+		for _, withLength := range []bool{true, false} {
+			first := deliver(size, 'a', withLength)
+			want := append([]byte(nil), first.payload...)
+			for range 4 {
+				deliver(size, 'b', withLength)
+				deliver(size, 'c', !withLength)
+			}
+			if !bytes.Equal(first.payload, want) || bytes.IndexByte(first.ev.Payload, 'b') >= 0 || bytes.IndexByte(first.ev.Payload, 'c') >= 0 {
+				t.Errorf("%d bytes (Content-Length %v): the event's payload was overwritten by later deliveries", size, withLength)
+			}
+			if !bytes.Contains(first.ev.Payload, []byte("aaaa")) {
+				t.Errorf("%d bytes (Content-Length %v): the payload is not the delivery's", size, withLength)
+			}
+		}
+	}
+}

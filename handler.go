@@ -246,17 +246,22 @@ func (v *Verifier) VerifyRequest(r *http.Request) (*Event, error) {
 // whole verified delivery. With w, the body's read deadline is set.
 func (v *Verifier) verifyRequest(w http.ResponseWriter, r *http.Request) (*received, error) {
 	if r.Method != http.MethodPost {
+		closeUnread(w, r)
 		return nil, fmt.Errorf("%w: %s", ErrMethodNotAllowed, r.Method)
 	}
 	hs, err := v.checkHeaders(r.Header)
 	if err != nil {
+		closeUnread(w, r)
 		return nil, err
 	}
 	var rc *http.ResponseController
+	serverTimeout := serverReadTimeout(r)
 	if w != nil {
-		rc = http.NewResponseController(w)
-		if rc.SetReadDeadline(time.Now().Add(v.readTimeout)) != nil {
-			rc = nil // not supported by this writer
+		if d, ok := readDeadline(time.Now(), v.readTimeout, serverTimeout); ok {
+			rc = http.NewResponseController(w)
+			if rc.SetReadDeadline(d) != nil {
+				rc = nil // not supported by this writer
+			}
 		}
 	}
 	d := &received{hs: hs}
@@ -266,8 +271,10 @@ func (v *Verifier) verifyRequest(w http.ResponseWriter, r *http.Request) (*recei
 		b.free(v)
 		return nil, err
 	}
-	if rc != nil {
-		_ = rc.SetReadDeadline(time.Time{}) // the body is in; the handler may take its time
+	if rc != nil && serverTimeout == 0 {
+		// The body is in; the handler may take its time. Under a server's
+		// ReadTimeout the deadline stays, earlier than the server's own.
+		_ = rc.SetReadDeadline(time.Time{})
 	}
 	if err := v.verifySignature(r.Context(), &d.hs, &b.sum); err != nil {
 		b.free(v)
@@ -285,6 +292,41 @@ func (v *Verifier) verifyRequest(w http.ResponseWriter, r *http.Request) (*recei
 	}
 	d.vd = verified{ev: &d.ev, requestID: d.hs.RequestID}
 	return d, nil
+}
+
+// serverReadTimeout returns the ReadTimeout of the http.Server serving r,
+// or 0 when it has none or r did not come from one.
+func serverReadTimeout(r *http.Request) time.Duration {
+	if srv, ok := r.Context().Value(http.ServerContextKey).(*http.Server); ok && srv.ReadTimeout > 0 {
+		return srv.ReadTimeout
+	}
+	return 0
+}
+
+// readDeadline returns the read deadline for a body whose read starts at
+// now, under the middleware's timeout and the server's ReadTimeout (0:
+// none), and whether to set it. The server counts its ReadTimeout from when
+// it began reading the request, at or before now, so its deadline is at
+// most now+server: when server is no longer than ours, the server's
+// deadline, already set, comes first and is left alone. Otherwise ours is
+// earlier, except for a request that took longer than server-ours to reach
+// the middleware.
+func readDeadline(now time.Time, ours, server time.Duration) (time.Time, bool) {
+	if server > 0 && server <= ours {
+		return time.Time{}, false
+	}
+	return now.Add(ours), true
+}
+
+// closeUnread makes the answer to an HTTP/1 request refused before its
+// body was read close the connection, and ends the read now, so that the
+// server does not wait to drain a body that may never come. HTTP/2 resets
+// the stream by itself.
+func closeUnread(w http.ResponseWriter, r *http.Request) {
+	if w != nil && r.ProtoMajor < 2 && r.Body != nil && r.Body != http.NoBody {
+		w.Header().Set("Connection", "close")
+		_ = http.NewResponseController(w).SetReadDeadline(time.Now())
+	}
 }
 
 // Middleware returns a handler that passes only genuine fal deliveries to
