@@ -57,7 +57,7 @@ func WithErrorHandler(f func(w http.ResponseWriter, r *http.Request, err error))
 //	ErrTimestampOutOfRange, ErrSignatureMismatch   401 Unauthorized
 //	ErrUnexpectedUser                              403 Forbidden
 //	ErrKeysUnavailable, ErrNoUsableKeys,
-//	ErrOverloaded, ErrDedupeStore                  503 Service Unavailable
+//	ErrOverloaded, ErrDedupeStore, ErrNoUserIDs    503 Service Unavailable
 //	anything else                                  500 Internal Server Error
 //
 // 503 asks fal to retry later: the delivery may be genuine but cannot be
@@ -67,7 +67,8 @@ func StatusCode(err error) int {
 	switch {
 	case err == nil:
 		return http.StatusOK
-	case errors.Is(err, ErrKeysUnavailable), errors.Is(err, ErrNoUsableKeys), errors.Is(err, ErrDedupeStore), errors.Is(err, ErrOverloaded):
+	case errors.Is(err, ErrKeysUnavailable), errors.Is(err, ErrNoUsableKeys), errors.Is(err, ErrDedupeStore), errors.Is(err, ErrOverloaded),
+		errors.Is(err, ErrNoUserIDs):
 		return http.StatusServiceUnavailable
 	case errors.Is(err, ErrMethodNotAllowed):
 		return http.StatusMethodNotAllowed
@@ -358,7 +359,7 @@ func (v *Verifier) reject(w http.ResponseWriter, r *http.Request, err error) {
 // unavailable and other 5xx at Error level, everything else at Warn.
 func (v *Verifier) logRejection(ctx context.Context, h http.Header, remote string, err error) {
 	l := v.logger
-	if l == nil {
+	if l == nil || errors.Is(err, ErrNoUserIDs) { // logged once, by NewVerifier
 		return
 	}
 	code := StatusCode(err)

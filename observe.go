@@ -33,8 +33,8 @@ type DeliveryInfo struct {
 	// of a rejection: "method_not_allowed", "body_too_large",
 	// "missing_header", "malformed_header", "timestamp_out_of_range",
 	// "unexpected_user", "signature_mismatch", "keys_unavailable",
-	// "invalid_event", "read_error", "overloaded", "store_error" or
-	// "internal".
+	// "invalid_event", "read_error", "overloaded", "store_error",
+	// "misconfigured" (ErrNoUserIDs) or "internal".
 	Outcome string
 
 	// Err is the rejection, nil unless Outcome names one.
@@ -96,6 +96,7 @@ var outcomes = [...]struct {
 	{ErrNoUsableKeys, "keys_unavailable"},
 	{ErrDedupeStore, "store_error"},
 	{ErrOverloaded, "overloaded"},
+	{ErrNoUserIDs, "misconfigured"},
 	{ErrMethodNotAllowed, "method_not_allowed"},
 	{ErrBodyTooLarge, "body_too_large"},
 	{ErrMissingHeader, "missing_header"},

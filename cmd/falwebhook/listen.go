@@ -287,9 +287,11 @@ func (rc *receiver) verifierOptions(f *listenFlags, rdb *redis.Client, lg *liste
 	opts = []falwebhook.Option{
 		falwebhook.WithTolerance(*f.tolerance),
 		falwebhook.WithObserver(rc),
-		falwebhook.WithUserIDs(f.userIDs...),
 		falwebhook.WithMaxBodySize(f.maxBody.n),
 		falwebhook.WithBodyBudget(f.bodyBudget.n),
+	}
+	if len(f.userIDs) > 0 { // WithUserIDs with none would refuse everything
+		opts = append(opts, falwebhook.WithUserIDs(f.userIDs...))
 	}
 	switch {
 	case rdb != nil:
