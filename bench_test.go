@@ -256,7 +256,7 @@ func BenchmarkRatioVerify1MiB(b *testing.B) {
 func BenchmarkRatioScan1MiB(b *testing.B) {
 	body := benchBody(1 << 20)
 	ratio(b, "x-floor", newFloor(b, 1<<20), func() {
-		if _, err := parseEvent(body, false); err != nil {
+		if _, err := parseEvent(body, false, ""); err != nil {
 			b.Fatal(err)
 		}
 	})

@@ -397,20 +397,17 @@ func TestDedupeTTL(t *testing.T) {
 
 func TestDedupeUsesSignedHeaderID(t *testing.T) {
 	f := newDedupeFixture(t, nil)
-	body := faltest.OKBody("body-id", nil)
-	send := func() *httptest.ResponseRecorder {
-		req := f.signer.NewRequest("/", faltest.Delivery{RequestID: "header-id", Time: f.clock.Now(), Body: body})
-		w := httptest.NewRecorder()
-		f.h.ServeHTTP(w, req)
-		return w
-	}
-	send()
-	f.wantStatus(send(), http.StatusOK, "completed")
-	mustClaim(t, f.store, "header-id", time.Minute, ClaimCompleted)
-	mustClaim(t, f.store, "body-id", time.Minute, ClaimAcquired)
+	// A body naming another request than the signed header never reaches
+	// the dedupe layer.
+	req := f.signer.NewRequest("/", faltest.Delivery{RequestID: "header-id", Time: f.clock.Now(), Body: faltest.OKBody("body-id", nil)})
+	w := httptest.NewRecorder()
+	f.h.ServeHTTP(w, req)
+	f.wantStatus(w, http.StatusBadRequest, "")
+	f.wantCalls(0)
+	mustClaim(t, f.store, "header-id", time.Minute, ClaimAcquired)
 
 	// A header map built by hand with a non-canonical key.
-	req := f.signer.NewRequest("/", faltest.Delivery{RequestID: "lower-id", Time: f.clock.Now(), Body: body})
+	req = f.signer.NewRequest("/", faltest.Delivery{RequestID: "lower-id", Time: f.clock.Now(), Body: faltest.OKBody("lower-id", nil)})
 	delete(req.Header, HeaderRequestID)
 	req.Header["x-fal-webhook-request-id"] = []string{"lower-id"}
 	f.h.ServeHTTP(httptest.NewRecorder(), req)

@@ -460,7 +460,7 @@ func (v *Verifier) verify(ctx context.Context, h http.Header, body []byte) (*Eve
 	if err := v.verifySignature(ctx, &hs, &sum); err != nil {
 		return nil, emptyBodyHint(err, len(body))
 	}
-	return parseEvent(body, true)
+	return parseEvent(body, true, hs.RequestID)
 }
 
 // startTimer returns the time a delivery's verification starts, when an
