@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"strconv"
 	"time"
 )
 
@@ -58,20 +57,18 @@ func WithErrorHandler(f func(w http.ResponseWriter, r *http.Request, err error))
 //	ErrTimestampOutOfRange, ErrSignatureMismatch   401 Unauthorized
 //	ErrUnexpectedUser                              403 Forbidden
 //	ErrKeysUnavailable, ErrNoUsableKeys,
-//	ErrKeyNotFetched, ErrOverloaded,
-//	ErrDedupeStore, ErrNoUserIDs                   503 Service Unavailable
+//	ErrOverloaded, ErrDedupeStore, ErrNoUserIDs    503 Service Unavailable
 //	anything else                                  500 Internal Server Error
 //
 // 503 asks fal to retry later: the delivery may be genuine but cannot be
 // checked now. A 503 caused by keys wins over a 401: a signature the cached
-// keys do not verify, when refetching them failed or is not allowed yet
-// (ErrKeyNotFetched), is a 503.
+// keys do not verify, when refetching them failed, is a 503.
 func StatusCode(err error) int {
 	switch {
 	case err == nil:
 		return http.StatusOK
 	case errors.Is(err, ErrKeysUnavailable), errors.Is(err, ErrNoUsableKeys), errors.Is(err, ErrDedupeStore), errors.Is(err, ErrOverloaded),
-		errors.Is(err, ErrNoUserIDs), errors.Is(err, ErrKeyNotFetched):
+		errors.Is(err, ErrNoUserIDs):
 		return http.StatusServiceUnavailable
 	case errors.Is(err, ErrMethodNotAllowed):
 		return http.StatusMethodNotAllowed
@@ -107,8 +104,7 @@ func WriteError(w http.ResponseWriter, err error) {
 //	err == nil, state 0 or ClaimAcquired  200
 //	ClaimCompleted                        200, HeaderDuplicate: completed
 //	ClaimInProgress                       409, Retry-After, HeaderDuplicate: in-progress
-//	an error                              StatusCode(err), with Allow: POST on 405, Retry-After on 503
-//	                                      (a *KeyNotFetchedError's RetryAfter, otherwise 60 seconds),
+//	an error                              StatusCode(err), with Allow: POST on 405, Retry-After on 503,
 //	                                      and Connection: close on 413, ErrOverloaded and ErrReadBody
 //	                                      so that the rest of the body is not read
 func Answer(state ClaimState, err error) (status int, header http.Header) {
@@ -128,9 +124,6 @@ func Answer(state ClaimState, err error) (status int, header http.Header) {
 		header.Set("Allow", http.MethodPost)
 	case status == http.StatusServiceUnavailable:
 		header.Set("Retry-After", retryAfterSeconds)
-		if ke := (*KeyNotFetchedError)(nil); errors.As(err, &ke) && ke.RetryAfter > 0 {
-			header.Set("Retry-After", strconv.FormatInt(int64((ke.RetryAfter+time.Second-1)/time.Second), 10))
-		}
 	}
 	if status == http.StatusRequestEntityTooLarge || errors.Is(err, ErrOverloaded) || errors.Is(err, ErrReadBody) {
 		header.Set("Connection", "close")
@@ -371,7 +364,7 @@ func (v *Verifier) logRejection(ctx context.Context, h http.Header, remote strin
 	}
 	code := StatusCode(err)
 	level := slog.LevelWarn
-	if code >= 500 && !errors.Is(err, ErrKeyNotFetched) { // a rotation or a forgery, not an outage
+	if code >= 500 {
 		level = slog.LevelError
 	}
 	attrs := []slog.Attr{

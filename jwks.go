@@ -44,14 +44,6 @@ var (
 	// receiver should answer 503 so that fal retries the delivery.
 	ErrKeysUnavailable = errors.New("falwebhook: keys unavailable")
 
-	// ErrKeyNotFetched is returned, as a *KeyNotFetchedError, by a JWKS
-	// when no cached key verifies a signature, the keys were fetched before
-	// the delivery was signed (so its key may be new), and the cooldown
-	// forbids fetching them again yet. A receiver should answer 503 with
-	// the error's Retry-After, so that fal retries once a fetch can tell a
-	// key rotation from a forgery.
-	ErrKeyNotFetched = errors.New("falwebhook: signing key not fetched yet")
-
 	// ErrMalformedJWKS is returned by ParseJWKS, and wrapped in fetch
 	// errors, when a JWKS document is not a JSON object whose "keys" member
 	// is an array.
@@ -62,41 +54,6 @@ var (
 // costs one verification per key, so the number is bounded; a JWKS with
 // more is refused as malformed and the last good keys keep serving.
 const maxKeys = 64
-
-// KeyNotFetchedError is a signature that no cached key verifies, signed
-// after those keys were fetched, while the cooldown forbids fetching them
-// again: the delivery may be signed by a key fal added since. It matches
-// ErrKeyNotFetched and ErrSignatureMismatch with errors.Is.
-type KeyNotFetchedError struct {
-	Keys       int           // how many cached keys were tried
-	RetryAfter time.Duration // until the next fetch is allowed, at least a second
-}
-
-func (e *KeyNotFetchedError) Error() string {
-	return fmt.Sprintf("%s: none of %d keys fetched before the delivery was signed verified it; the next fetch is allowed in %s", ErrKeyNotFetched, e.Keys, e.RetryAfter)
-}
-
-// Unwrap returns ErrKeyNotFetched and ErrSignatureMismatch.
-func (e *KeyNotFetchedError) Unwrap() []error {
-	return []error{ErrKeyNotFetched, ErrSignatureMismatch}
-}
-
-// signedAt returns the timestamp line of a message built by
-// Headers.AppendMessage, and whether there was one.
-func signedAt(msg []byte) (int64, bool) {
-	for range 2 {
-		i := bytes.IndexByte(msg, '\n')
-		if i < 0 {
-			return 0, false
-		}
-		msg = msg[i+1:]
-	}
-	i := bytes.IndexByte(msg, '\n')
-	if i < 0 {
-		return 0, false
-	}
-	return parseDigits(string(msg[:i]))
-}
 
 // maxEntries is the most entries a JWKS's "keys" array may hold, usable or
 // not. Every entry costs a decoding before it can be found unusable or a
@@ -304,17 +261,12 @@ func usableKey(m map[string]json.RawMessage) (ed25519.PublicKey, bool) {
 //     ErrKeysUnavailable. After a failed fetch the next one waits for the
 //     cooldown.
 //   - When no cached key verifies a signature, the keys are fetched anew
-//     (the key may be new), at most once per Cooldown; a fetch in flight is
-//     joined. Inside the cooldown the answer comes at once, never waiting:
-//     ErrSignatureMismatch (401) when the cached keys were fetched after
-//     the delivery's signed timestamp, since they cannot be missing its
-//     key, and otherwise a *KeyNotFetchedError (503 with Retry-After until
-//     the next fetch is allowed), so that a delivery signed by a key fal
-//     added right after a fetch is retried and accepted once the cooldown
-//     ends, not refused as a forgery. If the refetch fails, the mismatch
-//     also wraps ErrKeysUnavailable (503): the delivery may be signed by a
-//     key we could not fetch. So forged deliveries cause at most one fetch
-//     per Cooldown.
+//     (the key may be new), at most once per Cooldown: inside it the
+//     mismatch is reported at once, never waiting, unless a fetch is in
+//     flight, which is joined. If that refetch fails, the mismatch also
+//     wraps ErrKeysUnavailable (503): the delivery may be signed by a key
+//     we could not fetch. So forged deliveries cause at most one fetch per
+//     Cooldown.
 //
 // A JWKS is safe for concurrent use by multiple goroutines.
 type JWKS struct {
@@ -344,10 +296,7 @@ type JWKS struct {
 	// Cooldown is the least time between two fetches after a failed fetch,
 	// and between refetches caused by signatures no cached key verifies
 	// (default 1 minute, at least 10 seconds: it bounds the fetches that
-	// forged deliveries can cause). Inside it, a delivery signed after the
-	// keys were fetched that they do not verify gets ErrKeyNotFetched (503
-	// with Retry-After until the cooldown ends), so that one signed by a
-	// key fal added right after a fetch is accepted on fal's retry.
+	// forged deliveries can cause).
 	Cooldown time.Duration
 
 	// MaxStale is how long past their expiry the last good keys keep
@@ -386,8 +335,7 @@ const (
 // cachedKeys is one fetch's keys.
 type cachedKeys struct {
 	*keySet
-	fetched time.Time // when the fetch that brought them started
-	expiry  time.Time
+	expiry time.Time
 }
 
 type fetchCall struct {
@@ -461,18 +409,17 @@ func (j *JWKS) VerifySignature(ctx context.Context, msg, sig []byte) error {
 	j.mu.Lock()
 	c := j.call
 	if c == nil {
-		next := j.lastAttempt.Add(j.cooldown()) // the next fetch allowed
 		if cur := j.cur.Load(); cur != s {
 			// A fetch that finished since s was read brought other keys.
 			j.mu.Unlock()
 			if cur.verify(msg, sig) {
 				return nil
 			}
-			return j.cooldownMismatch(cur, msg, now, next)
+			return mismatch(len(cur.keys))
 		}
-		if now.Before(next) {
+		if now.Before(j.lastAttempt.Add(j.cooldown())) {
 			j.mu.Unlock()
-			return j.cooldownMismatch(s, msg, now, next)
+			return mismatch(len(s.keys))
 		}
 		c = j.startLocked(ctx, now)
 	}
@@ -485,20 +432,6 @@ func (j *JWKS) VerifySignature(ctx context.Context, msg, sig []byte) error {
 		return nil
 	}
 	return mismatch(len(fresh.keys))
-}
-
-// cooldownMismatch is the error for a signature that keys s do not verify
-// while no fetch is allowed until next: a plain mismatch when s was fetched
-// after the delivery was signed, and otherwise a *KeyNotFetchedError.
-func (j *JWKS) cooldownMismatch(s *cachedKeys, msg []byte, now, next time.Time) error {
-	ts, ok := signedAt(msg)
-	// Timestamps are whole seconds: a delivery signed at ts was signed
-	// before the start of second ts+1.
-	if !ok || ts < s.fetched.Unix() || !now.Before(next) {
-		return mismatch(len(s.keys))
-	}
-	secs := (next.Sub(now) + time.Second - 1) / time.Second // rounded up
-	return &KeyNotFetchedError{Keys: len(s.keys), RetryAfter: max(secs, 1) * time.Second}
 }
 
 // keys returns the keys to verify with: the cached ones, fetching first
@@ -601,7 +534,7 @@ func (j *JWKS) run(ctx context.Context, c *fetchCall, start time.Time) {
 	j.mu.Lock()
 	if err == nil {
 		info.Expiry = start.Add(ttl)
-		c.keys = &cachedKeys{keySet: newKeySet(keys), fetched: start, expiry: info.Expiry}
+		c.keys = &cachedKeys{keySet: newKeySet(keys), expiry: info.Expiry}
 		j.cur.Store(c.keys)
 	}
 	c.err = err
