@@ -136,9 +136,6 @@ func newMiddleware(b *testing.B, dedupe bool, n int) func() {
 	opts := []Option{WithKeys(StaticKeys(s.PublicKey())), WithClock(func() time.Time { return benchTime })}
 	headers := []http.Header{{}}
 	s.Sign(faltest.Delivery{RequestID: "bench-request", Time: benchTime, Body: body}).Set(headers[0])
-	if dedupe {
-		opts = append(opts, WithDedupe(&Dedupe{}))
-	}
 	if n > 0 {
 		headers = make([]http.Header, n)
 		for i := range headers {
@@ -148,11 +145,15 @@ func newMiddleware(b *testing.B, dedupe bool, n int) func() {
 	}
 	v := NewVerifier(opts...)
 	read := 0
-	h := v.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	var next http.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		n, _ := io.Copy(io.Discard, r.Body)
 		read += int(n)
 		w.WriteHeader(http.StatusNoContent)
-	}))
+	})
+	if dedupe {
+		next = (&Dedupe{}).Middleware(next)
+	}
+	h := v.Middleware(next)
 	req := httptest.NewRequest(http.MethodPost, "/webhook", nil)
 	rb := &rewindBody{}
 	w := &benchWriter{h: http.Header{}}

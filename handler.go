@@ -154,6 +154,7 @@ var eventKey = &contextKey{"falwebhook event"}
 type verified struct {
 	ev        *Event
 	requestID string // the signed X-Fal-Webhook-Request-Id, which dedupe keys on
+	userID    string // the signed X-Fal-Webhook-User-Id, which dedupe keys on
 }
 
 // EventFromContext returns the verified event the middleware stored in ctx,
@@ -167,18 +168,12 @@ func EventFromContext(ctx context.Context) (*Event, bool) {
 	return vd.ev, true
 }
 
-// verifiedRequestID returns the request id header of the verified delivery
-// in ctx, and whether there was one.
-func verifiedRequestID(ctx context.Context) (string, bool) {
-	vd, ok := ctx.Value(eventKey).(*verified)
-	if !ok || vd.ev == nil {
-		return "", false
-	}
-	return vd.requestID, true
-}
-
 func newContext(ctx context.Context, ev *Event, requestID string) context.Context {
-	return (&verified{ev: ev, requestID: requestID}).context(ctx)
+	vd := &verified{ev: ev, requestID: requestID}
+	if ev != nil {
+		vd.userID = ev.UserID
+	}
+	return vd.context(ctx)
 }
 
 // context returns ctx carrying vd.
@@ -284,7 +279,8 @@ func (v *Verifier) verifyRequest(w http.ResponseWriter, r *http.Request) (*recei
 	if err := d.ev.parse(body, false, d.hs.RequestID); err != nil {
 		return nil, err
 	}
-	d.vd = verified{ev: &d.ev, requestID: d.hs.RequestID}
+	d.ev.UserID = d.hs.UserID
+	d.vd = verified{ev: &d.ev, requestID: d.hs.RequestID, userID: d.hs.UserID}
 	return d, nil
 }
 
@@ -298,8 +294,8 @@ func (v *Verifier) verifyRequest(w http.ResponseWriter, r *http.Request) (*recei
 // (see EventFromContext) and a fresh body holding the same bytes. A request
 // that is not POST, too large, forged, malformed, or not a fal event never
 // reaches next: the middleware answers as WriteError does, or calls the
-// handler set by WithErrorHandler. With WithDedupe, next runs once per
-// request id.
+// handler set by WithErrorHandler. With next from Dedupe.Middleware, next
+// runs once per delivery.
 func (v *Verifier) Middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := v.startTimer()
@@ -309,9 +305,9 @@ func (v *Verifier) Middleware(next http.Handler) http.Handler {
 			v.reject(w, r, err)
 			return
 		}
-		id := d.vd.requestID
 		r = r.WithContext(d.vd.context(r.Context()))
-		if v.dedupe == nil {
+		dh, ok := next.(*dedupeHandler)
+		if !ok {
 			v.observe(r.Context(), r.Header, start, "accepted", nil, 0)
 			next.ServeHTTP(w, r)
 			return
@@ -328,7 +324,7 @@ func (v *Verifier) Middleware(next http.Handler) http.Handler {
 				v.observe(r.Context(), r.Header, start, "accepted", nil, 0)
 			}
 		}
-		v.dedupe.serve(w, r, id, next, v.logger, claimed)
+		dh.d.serve(w, r, &d.vd, dh.next, v.logger, claimed)
 	})
 }
 

@@ -58,6 +58,11 @@ type Event struct {
 	// body naming another request is refused with ErrInvalidEvent.
 	RequestID string `json:"request_id"`
 
+	// UserID is the signed X-Fal-Webhook-User-Id of the delivery: the fal
+	// user it is for. Verify, VerifyRequest and the middleware set it;
+	// ParseEvent leaves it empty (it is not in the body).
+	UserID string `json:"-"`
+
 	// GatewayRequestID is the id of the last attempt when fal retried the
 	// model call. It is empty when absent or null.
 	GatewayRequestID string `json:"gateway_request_id,omitempty"`

@@ -36,8 +36,8 @@
 //		log.Printf("request %s finished: %s", ev.RequestID, ev.Status)
 //	}))
 //
-// fal delivers at least once; Dedupe (or WithDedupe) runs a handler once per
-// request id.
+// fal delivers at least once; Dedupe runs a handler once per delivery:
+// v.Middleware(d.Middleware(h)), or d.Do with the event Verify returned.
 package falwebhook
 
 import (
@@ -280,7 +280,6 @@ type Verifier struct {
 	budget      bodyBudget
 	readTimeout time.Duration
 	onError     func(http.ResponseWriter, *http.Request, error)
-	dedupe      *Dedupe
 	observer    Observer
 	userIDs     map[string]bool // nil: any user
 	pinned      bool            // WithUserIDs was given
@@ -460,7 +459,12 @@ func (v *Verifier) verify(ctx context.Context, h http.Header, body []byte) (*Eve
 	if err := v.verifySignature(ctx, &hs, &sum); err != nil {
 		return nil, emptyBodyHint(err, len(body))
 	}
-	return parseEvent(body, true, hs.RequestID)
+	ev, err := parseEvent(body, true, hs.RequestID)
+	if err != nil {
+		return nil, err
+	}
+	ev.UserID = hs.UserID
+	return ev, nil
 }
 
 // startTimer returns the time a delivery's verification starts, when an
