@@ -341,5 +341,4 @@ type fastRetry struct{ river.Worker[falriver.Args] }
 
 func (fastRetry) NextRetry(*river.Job[falriver.Args]) time.Time { return time.Now() }
 
-
 func newTextLogger(w io.Writer) *slog.Logger { return slog.New(slog.NewTextHandler(w, nil)) }

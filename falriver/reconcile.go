@@ -362,4 +362,3 @@ func webhookBody(id string, ev *falwebhook.Event) ([]byte, error) {
 	}
 	return b.Bytes(), nil
 }
-

@@ -356,3 +356,71 @@ func TestReconcileHonoursRetryAfter(t *testing.T) {
 	}
 }
 
+// After seeing the request completed, the reconciler waits Grace for the
+// webhook before fetching anything.
+func TestReconcileWaitsGraceBeforeFetching(t *testing.T) {
+	b := newSQLite(t)
+	ctx := context.Background()
+	q := faltest.NewQueue(faltest.SignerFromName("fal"), nil)
+	defer q.Close()
+	q.SetPlanner(func(faltest.QueueRequest) faltest.Plan {
+		return faltest.Plan{Output: faltest.OKOutput(map[string]int{"n": 1}), Webhook: faltest.WebhookPlan{Drop: true}}
+	})
+	qc := &falqueue.Client{Key: q.Key(), BaseURL: q.URL, HTTPClient: q.Client(), Clock: faltest.NewClock(time.Time{})}
+	workers := river.NewWorkers()
+	river.AddWorker(workers, falriver.NewReconciler[*sql.Tx](qc, falriver.ReconcileOptions{FirstPoll: time.Millisecond, Grace: time.Hour}))
+	c := b.client(t, workers, &river.Config{FetchCooldown: time.Millisecond, FetchPollInterval: 5 * time.Millisecond})
+	req, err := qc.Submit(ctx, "fal-ai/flux/dev", map[string]any{}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Deliver(ctx); err != nil { // completes it
+		t.Fatal(err)
+	}
+	if err := falriver.Track(ctx, c, req); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the fetch phase waiting an hour", func() bool {
+		res, err := c.JobList(ctx, river.NewJobListParams().Kinds(falriver.TrackKind).States(rivertype.JobStateScheduled))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, j := range res.Jobs {
+			var a falriver.TrackArgs
+			_ = json.Unmarshal(j.EncodedArgs, &a)
+			if a.Phase == falriver.PhaseFetch && time.Until(j.ScheduledAt) > 50*time.Minute {
+				return true
+			}
+		}
+		return false
+	})
+	if info, _ := q.Request(req.ID); info.ResultCalls != 0 || info.StatusCalls != 1 {
+		t.Fatalf("%d result calls and %d status calls, want none and one", info.ResultCalls, info.StatusCalls)
+	}
+}
+
+// The first status call waits FirstPoll from tracking.
+func TestReconcileFirstPollWaits(t *testing.T) {
+	b := newSQLite(t)
+	ctx := context.Background()
+	q := faltest.NewQueue(faltest.SignerFromName("fal"), nil)
+	defer q.Close()
+	qc := &falqueue.Client{Key: q.Key(), BaseURL: q.URL, HTTPClient: q.Client(), Clock: faltest.NewClock(time.Time{})}
+	workers := river.NewWorkers()
+	river.AddWorker(workers, falriver.NewReconciler[*sql.Tx](qc, falriver.ReconcileOptions{FirstPoll: time.Hour}))
+	c := b.client(t, workers, &river.Config{FetchCooldown: time.Millisecond, FetchPollInterval: 5 * time.Millisecond})
+	req, err := qc.Submit(ctx, "fal-ai/flux/dev", map[string]any{}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := falriver.Track(ctx, c, req); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the first poll waiting an hour", func() bool {
+		res, err := c.JobList(ctx, river.NewJobListParams().Kinds(falriver.TrackKind).States(rivertype.JobStateScheduled))
+		return err == nil && len(res.Jobs) == 1 && time.Until(res.Jobs[0].ScheduledAt) > 50*time.Minute
+	})
+	if info, _ := q.Request(req.ID); info.StatusCalls != 0 {
+		t.Fatalf("%d status calls before FirstPoll", info.StatusCalls)
+	}
+}
