@@ -36,14 +36,15 @@
 //
 // # River settings that matter
 //
-//   - Job timeout: NewWorker's jobs run up to DefaultTimeout (10 min) an
+//   - Job timeout: NewWorker's jobs run up to DefaultTimeout (5 min) an
 //     attempt, where River's default is one minute.
-//   - RescueStuckJobsAfter: a job whose process died stays running this
-//     long before River makes it available again (River's default: one
-//     hour). Set it just above the longest job timeout, e.g.
-//     DefaultTimeout + time.Minute; River checks every 30 s or so. On
-//     SQLite, falsqlite.Open takes back a dead predecessor's jobs at
-//     once, since one process owns the file.
+//   - RescueStuckJobsAfter: a job whose process died stays running until
+//     both this (River's default: one hour) and the job's timeout have
+//     passed since its attempt began; River's rescuer looks every 30 s.
+//     Set it just above the job timeout, DefaultTimeout + time.Minute:
+//     a replica's crash then delays its jobs about six and a half
+//     minutes at most. On SQLite, falsqlite.Open takes back a dead
+//     predecessor's jobs at once, since one process owns the file.
 //   - Retention: River deletes completed and cancelled jobs after 24 h by
 //     default (CompletedJobRetentionPeriod, CancelledJobRetentionPeriod),
 //     discarded ones after 7 days. A deleted job no longer blocks its
