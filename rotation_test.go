@@ -183,6 +183,45 @@ func TestKeyNotFetchedOnlyWhenUndecidable(t *testing.T) {
 		}
 	})
 
+	t.Run("a refetch in flight that began before the delivery arrived", func(t *testing.T) {
+		ks := faltest.NewKeyServer(fal)
+		defer ks.Close()
+		clock := faltest.NewClock(t0)
+		v := NewVerifier(WithKeys(&JWKS{URL: ks.URL, Client: ks.Client(), Clock: clock.Now}), WithClock(clock.Now))
+		if err := v.Refresh(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		clock.Advance(time.Minute)
+		release := ks.Hold()
+		refreshed := make(chan error, 1)
+		go func() { refreshed <- v.Refresh(context.Background()) }()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := ks.WaitFetches(ctx, 2); err != nil {
+			t.Fatal(err)
+		}
+		// The cached keys fail it, and it joins the refetch: keys fetched
+		// in the second it was signed may lack its key.
+		waiting := &waitingContext{Context: ctx, waiting: make(chan struct{})}
+		verified := make(chan error, 1)
+		go func() {
+			d := forged(clock.Now())
+			_, err := v.Verify(waiting, d.h, d.body)
+			verified <- err
+		}()
+		<-waiting.waiting // it waits for the refetch
+		release()
+		if err := <-refreshed; err != nil {
+			t.Fatal(err)
+		}
+		if err := <-verified; !errors.Is(err, ErrKeyNotFetched) {
+			t.Errorf("forgery signed in the second a refetch began, before it arrived: %v, want ErrKeyNotFetched", err)
+		}
+		if n := ks.Fetches(); n != 2 {
+			t.Errorf("%d fetches, want 2", n)
+		}
+	})
+
 	t.Run("static keys never wait for a fetch", func(t *testing.T) {
 		v := NewVerifier(WithKeys(StaticKeys(fal.PublicKey())), WithClock(func() time.Time { return t0 }))
 		for _, at := range []time.Time{t0, t0.Add(-time.Minute), t0.Add(time.Minute)} {
@@ -237,4 +276,17 @@ func (o *outcomeObserver) got() []string {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	return slices.Clone(o.out)
+}
+
+// waitingContext closes waiting the first time Done is called: when a
+// caller starts waiting on it.
+type waitingContext struct {
+	context.Context
+	waiting chan struct{}
+	once    sync.Once
+}
+
+func (c *waitingContext) Done() <-chan struct{} {
+	c.once.Do(func() { close(c.waiting) })
+	return c.Context.Done()
 }
