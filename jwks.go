@@ -357,11 +357,11 @@ type JWKS struct {
 	// ends, and fal's retry meets refetched keys. A forgery signed after
 	// the fetch gets the same 503, as nothing tells it from a rotation but
 	// a fetch, and fetching for every forgery would let forgeries drive the
-	// fetches; its retries get 401 once a fetch settles it. A mismatch
-	// signed before the keys were fetched, or one that a fetch has just
-	// settled, is a 401. No 503 of this kind is given while a fetch is
-	// allowed, and key sources that never fetch (StaticKeys) always answer
-	// a mismatch with 401.
+	// fetches; sent again after the next fetch, the same forgery is a 401.
+	// A mismatch signed before the keys were fetched, or one that a fetch
+	// has just settled, is a 401. No 503 of this kind is given while a
+	// fetch is allowed, and key sources that never fetch (StaticKeys)
+	// always answer a mismatch with 401.
 	Cooldown time.Duration
 
 	// MaxStale is how long past their expiry the last good keys keep
