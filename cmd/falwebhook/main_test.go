@@ -217,12 +217,14 @@ func TestDemo(t *testing.T) {
 	wantContains(t, "demo output", r.stdout,
 		"CASE", "SENT", "HTTP", "VERDICT", "EXPECTED?",
 		"ok ", "error-422", "tampered-body", "stale", "unknown-key", "no-signature",
+		"new-key", "late-forgery", "new-key-retry",
 		"request 5057fca7-2eb3-468f-b95d-cefe92b0b9d4, status OK",
 		"image https://v3.fal.media/files/lion/O853qAknYZGU8_2QCbJwd.jpeg, seed 17454220438242315174",
 		"Invalid status code: 422: body.prompt: field required (value_error.missing)",
 		"rejected: signature mismatch", "rejected: stale timestamp (-600s)", "rejected: missing header",
-		"fetched once",
-		"PASS: all 6 verdicts as expected.",
+		"rejected: key not fetched yet, retry in 59s",
+		"fetched twice",
+		"PASS: all 9 verdicts as expected.",
 	)
 	if strings.Contains(r.stdout, "NO:") {
 		t.Errorf("a demo verdict is not as expected:\n%s", r.stdout)
@@ -231,6 +233,7 @@ func TestDemo(t *testing.T) {
 	for _, row := range []struct{ name, status string }{
 		{"ok", "200"}, {"error-422", "200"}, {"tampered-body", "401"},
 		{"stale", "401"}, {"unknown-key", "401"}, {"no-signature", "400"},
+		{"new-key", "503"}, {"late-forgery", "503"}, {"new-key-retry", "200"},
 	} {
 		found := false
 		for _, line := range strings.Split(r.stdout, "\n") {
