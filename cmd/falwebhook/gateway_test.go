@@ -166,7 +166,7 @@ func TestListenReadyKeys(t *testing.T) {
 	ks := faltest.NewKeyServer(fal)
 	defer ks.Close()
 	ks.FailNext(1, http.StatusInternalServerError) // the startup fetch
-	l := startListen(t, "--jwks", ks.URL, "--json")
+	l := startListen(t, "--user-id", faltest.DefaultUserID, "--jwks", ks.URL, "--json")
 	l.stderr.waitFor(waitCtx(t), t, "dedupe")
 	status, body := get(t, l.admin+"/readyz")
 	if status != http.StatusServiceUnavailable || body != "not ready: keys: no JWKS fetch has succeeded yet\n" {
@@ -207,7 +207,7 @@ func TestListenRedisDown(t *testing.T) {
 	dead := ln.Addr().String()
 	ln.Close()
 
-	l := startListen(t, "--jwks", jwks, "--forward", target.URL, "--redis", "redis://"+dead+"/0")
+	l := startListen(t, "--user-id", faltest.DefaultUserID, "--jwks", jwks, "--forward", target.URL, "--redis", "redis://"+dead+"/0")
 	stderr := l.stderr.waitFor(waitCtx(t), t, "did not answer PING")
 	wantContains(t, "stderr", stderr, "dedupe in Redis at "+dead+" by request id")
 	status, body := get(t, l.admin+"/readyz")
@@ -240,7 +240,7 @@ func TestListenPath(t *testing.T) {
 		{[]string{"--path", "/"}, []string{"/", "/anything", "/fal/webhook"}, nil},
 	} {
 		t.Run(fmt.Sprint(tc.args), func(t *testing.T) {
-			l := startListen(t, append([]string{"--jwks", jwks}, tc.args...)...)
+			l := startListen(t, append([]string{"--user-id", faltest.DefaultUserID, "--jwks", jwks}, tc.args...)...)
 			for i, p := range tc.ok {
 				if status, _ := post(t, fal, l.url+p, faltest.OKBody(fmt.Sprintf("p-%d", i), nil)); status != http.StatusOK {
 					t.Errorf("POST %s answered %d, want 200", p, status)
@@ -264,7 +264,7 @@ func TestListenMaxBody(t *testing.T) {
 	dir := t.TempDir()
 	fal := faltest.SignerFromName("listen test: fal")
 	jwks := writeTestFile(t, dir, "jwks.json", faltest.JWKS(fal))
-	l := startListen(t, "--jwks", jwks, "--max-body", "1KiB", "--body-budget", "1MiB")
+	l := startListen(t, "--user-id", faltest.DefaultUserID, "--jwks", jwks, "--max-body", "1KiB", "--body-budget", "1MiB")
 	small := faltest.OKBody("small", json.RawMessage(`"`+strings.Repeat("x", 900)+`"`))
 	large := faltest.OKBody("large", json.RawMessage(`"`+strings.Repeat("x", 1000)+`"`))
 	if len(small) > 1024 || len(large) <= 1024 {
@@ -283,7 +283,7 @@ func TestListenJSONLogs(t *testing.T) {
 	fal := faltest.SignerFromName("listen test: fal")
 	ks := faltest.NewKeyServer(fal)
 	defer ks.Close()
-	l := startListen(t, "--json", "--jwks", ks.URL)
+	l := startListen(t, "--user-id", faltest.DefaultUserID, "--json", "--jwks", ks.URL)
 	l.stderr.waitFor(waitCtx(t), t, "dedupe")
 	stderr := l.stderr.waitFor(waitCtx(t), t, "JWKS fetched") // logged after the keys are in use
 	var msgs []string

@@ -37,10 +37,12 @@ of bodies not yet verified, across all deliveries, to --body-budget
 (default 64MiB or twice --max-body; beyond it 503, so that fal retries);
 a body must arrive within 30s.
 
-The user id is the fal account a delivery is for. With --user-id
-(repeatable) only deliveries for those users are accepted; any other is
-answered 403, since every fal customer can have genuine deliveries sent to
-your URL. Run without it once to see yours.
+The user id is the fal account a delivery is for. Every fal customer can
+have genuine deliveries sent to your URL, so listen needs --user-id
+(repeatable): only deliveries for those users are accepted, any other is
+answered 403. --any-user accepts every account's deliveries instead: run
+with it once to see your user id on each line, or in front of an app that
+checks the user id itself.
 
 Deliveries are deduplicated in memory by request id: a repeat of one that
 was handled with a 2xx (a retry by fal, or a replayed capture inside the
@@ -90,6 +92,7 @@ type listenFlags struct {
 	path, adminAddr     string
 	redis               string
 	jsonOut, noDedupe   bool
+	anyUser             bool
 	userIDs             stringList
 	maxBody, bodyBudget sizeFlag
 	forwardTimeout      *time.Duration
@@ -253,7 +256,8 @@ func parseListenFlags(e *env, args []string) (f *listenFlags, code int, ok bool)
 	fs.StringVar(&f.jwks, "jwks", falwebhook.DefaultJWKSURL, "JWKS `URL or file` holding the public keys")
 	fs.BoolVar(&f.jsonOut, "json", false, "print one JSON object per delivery instead of a text line, and log JSON on stderr")
 	fs.StringVar(&f.forward, "forward", "", "pass verified deliveries to the app at `URL` and relay its answer")
-	fs.Var(&f.userIDs, "user-id", "accept only deliveries for this fal user `ID` (repeatable); others get 403")
+	fs.Var(&f.userIDs, "user-id", "accept only deliveries for this fal user `ID` (repeatable; required unless --any-user); others get 403")
+	fs.BoolVar(&f.anyUser, "any-user", false, "accept deliveries for any fal user instead of --user-id (each line shows the user id)")
 	fs.BoolVar(&f.noDedupe, "no-dedupe", false, "handle (and forward) every verified delivery, even a repeat of a request id already handled")
 	f.forwardTimeout = durationVar(fs, "forward-timeout", 15*time.Second, "give up on the app after this `duration` (502); fal itself waits 15s")
 	f.tolerance = durationVar(fs, "tolerance", 5*time.Minute, "largest accepted `skew` between a delivery's timestamp and now")
@@ -272,6 +276,10 @@ func parseListenFlags(e *env, args []string) (f *listenFlags, code int, ok bool)
 		return fail("--tolerance, --forward-timeout and --shutdown-timeout must be positive (tolerance at least 1s)")
 	case slices.Contains(f.userIDs, ""):
 		return fail("--user-id must not be empty")
+	case len(f.userIDs) == 0 && !f.anyUser:
+		return fail("--user-id is required: every fal customer can have genuine deliveries sent to your URL, and without it listen would accept them all as verified. Pin your fal account with --user-id ID (run once with --any-user to see it on each delivery's line), or pass --any-user to accept every account")
+	case len(f.userIDs) > 0 && f.anyUser:
+		return fail("--user-id and --any-user contradict each other")
 	case !validPath(f.path):
 		return fail("--path %q: want an absolute URL path such as /fal/webhook", f.path)
 	case f.redis != "" && f.noDedupe:
@@ -287,9 +295,11 @@ func (rc *receiver) verifierOptions(f *listenFlags, rdb *redis.Client, lg *liste
 	opts = []falwebhook.Option{
 		falwebhook.WithTolerance(*f.tolerance),
 		falwebhook.WithObserver(rc),
-		falwebhook.WithUserIDs(f.userIDs...),
 		falwebhook.WithMaxBodySize(f.maxBody.n),
 		falwebhook.WithBodyBudget(f.bodyBudget.n),
+	}
+	if !f.anyUser {
+		opts = append(opts, falwebhook.WithUserIDs(f.userIDs...))
 	}
 	switch {
 	case rdb != nil:
@@ -369,7 +379,7 @@ func (rc *receiver) describeSetup(ctx context.Context, f *listenFlags, warm *fal
 	if len(rc.userIDs) > 0 {
 		info("accepting only deliveries for user ids %s (others get 403)", strings.Join(rc.userIDs, ", "))
 	} else {
-		info("accepting deliveries for any fal user: each line shows the user id; pin yours with --user-id")
+		info("accepting deliveries for any fal user (--any-user): each line shows the user id; pin yours with --user-id")
 	}
 	switch {
 	case rdb != nil:

@@ -160,11 +160,11 @@ func TestListenForward(t *testing.T) {
 		w.WriteHeader(http.StatusAccepted)
 		io.WriteString(w, "queued by the app")
 	})
-	l := startListen(t, "--jwks", jwks, "--forward", target.URL+"/hooks/fal")
+	l := startListen(t, "--any-user", "--jwks", jwks, "--forward", target.URL+"/hooks/fal")
 	wctx := waitCtx(t)
 	wantContains(t, "stderr", l.stderr.waitFor(wctx, t, "forwarding"),
 		"keys: 1 Ed25519 key from "+jwks,
-		"accepting deliveries for any fal user: each line shows the user id; pin yours with --user-id",
+		"accepting deliveries for any fal user (--any-user): each line shows the user id; pin yours with --user-id",
 		"dedupe in memory by request id",
 		"forwarding verified deliveries to "+target.URL)
 
@@ -244,7 +244,7 @@ func TestListenForwardsOnlyWhatWasVerified(t *testing.T) {
 	fal := faltest.SignerFromName("listen test: fal")
 	jwks := writeTestFile(t, dir, "jwks.json", faltest.JWKS(fal))
 	target := newApp(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })
-	l := startListen(t, "--jwks", jwks, "--forward", target.URL+"/hooks/fal?app=1", "--json")
+	l := startListen(t, "--any-user", "--jwks", jwks, "--forward", target.URL+"/hooks/fal?app=1", "--json")
 
 	body, _ := sampleBody("ok", sampleRequestID)
 	d := faltest.Delivery{Body: body, UserID: "user-1"}
@@ -370,7 +370,7 @@ func TestListenDedupe(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			target := newApp(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "handled") })
-			l := startListen(t, append([]string{"--jwks", jwks, "--forward", target.URL}, tc.args...)...)
+			l := startListen(t, append([]string{"--user-id", faltest.DefaultUserID, "--jwks", jwks, "--forward", target.URL}, tc.args...)...)
 			wctx := waitCtx(t)
 			if status, answer, _ := send(t, l.hook); status != http.StatusOK || answer != "handled" {
 				t.Fatalf("first delivery answered %d %q, want the app's 200", status, answer)
@@ -450,7 +450,7 @@ func TestListenForwardFailure(t *testing.T) {
 	goneURL := gone.URL
 	gone.Close()
 
-	l := startListen(t, "--jwks", jwks, "--forward", goneURL)
+	l := startListen(t, "--user-id", faltest.DefaultUserID, "--jwks", jwks, "--forward", goneURL)
 	body, _ := sampleBody("ok", sampleRequestID)
 	if status, _ := post(t, fal, l.hook, body); status != http.StatusBadGateway {
 		t.Errorf("forward to a dead app answered %d, want 502", status)
@@ -473,7 +473,7 @@ func TestListenRelayBreaksOff(t *testing.T) {
 			conn.Close()
 		}
 	})
-	l := startListen(t, "--jwks", jwks, "--forward", target.URL)
+	l := startListen(t, "--user-id", faltest.DefaultUserID, "--jwks", jwks, "--forward", target.URL)
 	req, _ := fal.NewClientRequest(t.Context(), l.hook, faltest.Delivery{Body: faltest.OKBody("cut-1", json.RawMessage(`{}`))})
 	if resp, err := http.DefaultClient.Do(req); err == nil {
 		if _, err := io.ReadAll(resp.Body); err == nil {
@@ -490,7 +490,7 @@ func TestListenJSONAndJWKSURL(t *testing.T) {
 	ks := faltest.NewKeyServer(fal)
 	defer ks.Close()
 
-	l := startListen(t, "--json", "--jwks", ks.URL)
+	l := startListen(t, "--user-id", faltest.DefaultUserID, "--json", "--jwks", ks.URL)
 	wctx := waitCtx(t)
 	l.stderr.waitFor(wctx, t, "keys: 1 Ed25519 key from "+ks.URL)
 	if first, _, _ := strings.Cut(l.stdout.String(), "\n"); first != `{"listening":"`+l.url+`"}` {
@@ -530,7 +530,7 @@ func TestListenKeysUnavailable(t *testing.T) {
 	ks := faltest.NewKeyServer(fal)
 	defer ks.Close()
 	ks.FailNext(5, http.StatusInternalServerError)
-	l := startListen(t, "--jwks", ks.URL)
+	l := startListen(t, "--user-id", faltest.DefaultUserID, "--jwks", ks.URL)
 	wctx := waitCtx(t)
 	stderr := l.stderr.waitFor(wctx, t, "dedupe")
 	wantContains(t, "stderr", stderr, "falwebhook listen: warning: keys unavailable: fetching JWKS: status 500, want 200 (deliveries get 503 until keys can be fetched)")
@@ -558,7 +558,7 @@ func TestListenGracefulShutdown(t *testing.T) {
 		<-release
 		io.WriteString(w, "done")
 	})
-	l := startListen(t, "--jwks", jwks, "--forward", target.URL)
+	l := startListen(t, "--user-id", faltest.DefaultUserID, "--jwks", jwks, "--forward", target.URL)
 	wctx := waitCtx(t)
 
 	type answer struct {
@@ -626,23 +626,42 @@ func TestListenUsageErrors(t *testing.T) {
 	dir := t.TempDir()
 	jwks := writeTestFile(t, dir, "jwks.json", faltest.JWKS(faltest.SignerFromName("x")))
 	for _, args := range [][]string{
-		{"listen", "--jwks", filepath.Join(dir, "missing.json")},
-		{"listen", "--jwks", jwks, "--addr", "256.0.0.1:bad"},
-		{"listen", "--jwks", jwks, "--forward", "not a url"},
-		{"listen", "--jwks", jwks, "--tolerance", "0s"},
-		{"listen", "--jwks", jwks, "extra"},
+		{"listen", "--any-user", "--jwks", filepath.Join(dir, "missing.json")},
+		{"listen", "--any-user", "--jwks", jwks, "--addr", "256.0.0.1:bad"},
+		{"listen", "--any-user", "--jwks", jwks, "--forward", "not a url"},
+		{"listen", "--any-user", "--jwks", jwks, "--tolerance", "0s"},
+		{"listen", "--any-user", "--jwks", jwks, "extra"},
 		{"listen", "--jwks", jwks, "--user-id", ""},
-		{"listen", "--jwks", jwks, "--path", "fal/webhook"},
-		{"listen", "--jwks", jwks, "--path", "/a b"},
-		{"listen", "--jwks", jwks, "--redis", "127.0.0.1:1", "--no-dedupe"},
-		{"listen", "--jwks", jwks, "--redis", "http://127.0.0.1:1"},
-		{"listen", "--jwks", jwks, "--max-body", "-1"},
-		{"listen", "--jwks", jwks, "--body-budget", "lots"},
-		{"listen", "--jwks", jwks, "--addr", "127.0.0.1:0", "--admin-addr", "256.0.0.1:bad"},
+		{"listen", "--any-user", "--jwks", jwks, "--path", "fal/webhook"},
+		{"listen", "--any-user", "--jwks", jwks, "--path", "/a b"},
+		{"listen", "--any-user", "--jwks", jwks, "--redis", "127.0.0.1:1", "--no-dedupe"},
+		{"listen", "--any-user", "--jwks", jwks, "--redis", "http://127.0.0.1:1"},
+		{"listen", "--any-user", "--jwks", jwks, "--max-body", "-1"},
+		{"listen", "--any-user", "--jwks", jwks, "--body-budget", "lots"},
+		{"listen", "--any-user", "--jwks", jwks, "--addr", "127.0.0.1:0", "--admin-addr", "256.0.0.1:bad"},
 	} {
 		r = runCmd(t, "", args...)
 		if r.code != exitUsage || r.stderr == "" {
 			t.Errorf("%q: exit %d, stderr %q; want 2 with an error", args, r.code, r.stderr)
 		}
+	}
+	// Pinning is the default: without --user-id, listen refuses to start
+	// unless told that any account will do, and says why.
+	// (A context already done, so that a listen that does start returns.)
+	done, cancel := context.WithCancel(t.Context())
+	cancel()
+	var stdout, stderr bytes.Buffer
+	code := run(done, []string{"listen", "--jwks", jwks, "--addr", "127.0.0.1:0", "--admin-addr", ""}, strings.NewReader(""), &stdout, &stderr)
+	r = result{code, stdout.String(), stderr.String()}
+	if r.code != exitUsage {
+		t.Fatalf("listen without --user-id or --any-user: exit %d, want 2 (it must not start)\n%s", r.code, r)
+	}
+	wantContains(t, "stderr", r.stderr, "--user-id is required", "every fal customer can have genuine deliveries sent to your URL", "--any-user")
+	if r.stdout != "" {
+		t.Errorf("listen without --user-id printed %q: it must not listen", r.stdout)
+	}
+	r = runCmd(t, "", "listen", "--jwks", jwks, "--user-id", "me", "--any-user")
+	if r.code != exitUsage || !strings.Contains(r.stderr, "--user-id and --any-user contradict each other") {
+		t.Errorf("listen with --user-id and --any-user: %s; want exit 2 saying they contradict", r)
 	}
 }
