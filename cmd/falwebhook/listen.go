@@ -56,9 +56,11 @@ With --forward URL, each verified delivery is POSTed to your app, in any
 language, at exactly URL (the delivery's own query string is dropped), with
 the body byte for byte and only these headers: the four X-Fal-Webhook-*
 (so the app can verify it again), Content-Type: application/json,
-Content-Length, X-Forwarded-For/-Host/-Proto (ours; the sender's are
-dropped), Falwebhook-Verified: true (trust it only when nothing but
-listen can reach the app) and a W3C traceparent naming the delivery's
+Content-Length, X-Forwarded-For (the sender's IP address, as listen saw
+it) and X-Forwarded-Proto: http (the sender's own forwarding headers, and
+the Host it sent, are dropped; the app gets its own host as Host),
+Falwebhook-Verified: true (trust it only when nothing but listen can reach
+the app) and a W3C traceparent naming the delivery's
 trace (the sender's own is dropped). The app's answer is relayed back to
 fal; when the app cannot be reached within --forward-timeout the answer is
 502. Deliveries that fail verification never reach the app.
@@ -597,7 +599,13 @@ func (rc *receiver) rewrite(pr *httputil.ProxyRequest) {
 		"Content-Type":             {"application/json"}, // the body is a verified JSON event
 		headerVerified:             {"true"},
 	}
-	pr.SetXForwarded()
+	// Not pr.SetXForwarded: it passes the sender's Host on as
+	// X-Forwarded-Host. The peer's address is what listen saw, not what
+	// the sender claims.
+	if ip, _, err := net.SplitHostPort(pr.In.RemoteAddr); err == nil {
+		pr.Out.Header.Set("X-Forwarded-For", ip)
+	}
+	pr.Out.Header.Set("X-Forwarded-Proto", "http") // listen serves no TLS
 	// The delivery's span, started by ServeHTTP.
 	propagation.TraceContext{}.Inject(pr.In.Context(), propagation.HeaderCarrier(pr.Out.Header))
 }

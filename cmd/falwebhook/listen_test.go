@@ -97,6 +97,7 @@ func (l *listener) stop(t *testing.T) int {
 type appRequest struct {
 	method string
 	uri    string
+	host   string
 	header http.Header
 	body   []byte
 }
@@ -113,7 +114,7 @@ func newApp(t *testing.T, h func(w http.ResponseWriter, r *http.Request)) *app {
 	a.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		a.mu.Lock()
-		a.reqs = append(a.reqs, appRequest{r.Method, r.RequestURI, r.Header.Clone(), body})
+		a.reqs = append(a.reqs, appRequest{r.Method, r.RequestURI, r.Host, r.Header.Clone(), body})
 		a.mu.Unlock()
 		h(w, r)
 	}))
@@ -275,6 +276,7 @@ func TestListenForwardsOnlyWhatWasVerified(t *testing.T) {
 		req.Header.Set(name, v)
 	}
 	req.Header.Add(headerVerified, "true")
+	req.Host = "sender-chosen.example" // a Host of the sender's, not a verified one
 	if status, _ := do(t, req); status != http.StatusOK {
 		t.Fatalf("genuine delivery answered %d, want the app's 200", status)
 	}
@@ -306,8 +308,10 @@ func TestListenForwardsOnlyWhatWasVerified(t *testing.T) {
 		"Content-Length":           {strconv.Itoa(len(body))},
 		headerVerified:             {"true"},
 		"X-Forwarded-For":          {"127.0.0.1"},
-		"X-Forwarded-Host":         {strings.TrimPrefix(l.url, "http://")},
 		"X-Forwarded-Proto":        {"http"},
+	}
+	if appHost := strings.TrimPrefix(target.URL, "http://"); fwd.host != appHost {
+		t.Errorf("the app got Host %q, want its own %q (the sender's Host is not passed on)", fwd.host, appHost)
 	}
 	if !reflect.DeepEqual(fwd.header, want) {
 		t.Errorf("the app got headers\n%s\nwant exactly\n%s", headerText(fwd.header), headerText(want))
