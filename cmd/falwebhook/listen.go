@@ -74,7 +74,10 @@ are loaded and, with --redis, Redis answers a PING within 1s; otherwise 503
 saying what is not ready, and keys not loaded are fetched again, at most
 every 10s) and /metrics (Prometheus text: deliveries by
 outcome, verification time, JWKS fetches, keys and their age, Go runtime).
-Keep it off the public network.
+Keep it off the public network. It answers only requests whose Host is
+localhost, an IP address or a name given with --admin-host (repeatable or
+comma-separated); any other gets 421, so that a web page that points its
+own DNS name at this address cannot read it from a browser.
 
 The first line on stdout is "listening on http://ADDR" (with --json, the
 object {"listening":"http://ADDR"}), so --addr 127.0.0.1:0 picks a free port;
@@ -96,6 +99,7 @@ type listenFlags struct {
 	jsonOut, noDedupe   bool
 	anyUser             bool
 	userIDs             stringList
+	adminHosts          stringList
 	maxBody, bodyBudget sizeFlag
 	forwardTimeout      *time.Duration
 	tolerance           *time.Duration
@@ -236,7 +240,7 @@ func runListen(ctx context.Context, e *env, args []string) int {
 
 	var admin http.Handler
 	if adminLn != nil {
-		admin = adminHandler(rc.ready, tel.reg, lg.std("metrics: "))
+		admin = adminHostGuard(f.adminHosts, adminHandler(rc.ready, tel.reg, lg.std("metrics: ")))
 	}
 	if err := serve(ctx, servers{ln: ln, adminLn: adminLn, admin: admin}, rc, *f.shutdownTimeout, dd, lg); err != nil {
 		return fail("%v", err)
@@ -252,6 +256,7 @@ func parseListenFlags(e *env, args []string) (f *listenFlags, code int, ok bool)
 	fs.StringVar(&f.addr, "addr", "127.0.0.1:8787", "listen on `host:port` (port 0 picks a free one)")
 	fs.StringVar(&f.path, "path", "/fal/webhook", "take deliveries at this `path` (ending in /: everything under it)")
 	fs.StringVar(&f.adminAddr, "admin-addr", "127.0.0.1:8788", "serve /healthz, /readyz and /metrics on `host:port` (\"\": off)")
+	fs.Var(&f.adminHosts, "admin-host", "answer admin requests for this host `name` too, besides localhost and IP addresses (repeatable or comma-separated); others get 421")
 	fs.StringVar(&f.redis, "redis", "", "dedupe in the Redis at `host:port or redis:// URL`, shared by replicas (default: in memory)")
 	fs.Var(&f.maxBody, "max-body", "largest body accepted, in `bytes` (or KiB, MiB, GiB; default 25MiB); larger gets 413")
 	fs.Var(&f.bodyBudget, "body-budget", "most `bytes` of bodies not yet verified held at once, all deliveries together (default 64MiB or twice --max-body); beyond it 503")
@@ -287,6 +292,16 @@ func parseListenFlags(e *env, args []string) (f *listenFlags, code int, ok bool)
 	case f.redis != "" && f.noDedupe:
 		return fail("--redis and --no-dedupe contradict each other")
 	}
+	var hosts stringList
+	for _, v := range f.adminHosts {
+		for n := range strings.SplitSeq(v, ",") {
+			if n = strings.TrimSpace(n); !validAdminHost(n) {
+				return fail("--admin-host %q: want host names without a port, such as falwebhook.internal", v)
+			}
+			hosts = append(hosts, n)
+		}
+	}
+	f.adminHosts = hosts
 	return f, 0, true
 }
 

@@ -643,6 +643,10 @@ func TestListenUsageErrors(t *testing.T) {
 		{"listen", "--any-user", "--jwks", jwks, "--max-body", "-1"},
 		{"listen", "--any-user", "--jwks", jwks, "--body-budget", "lots"},
 		{"listen", "--any-user", "--jwks", jwks, "--addr", "127.0.0.1:0", "--admin-addr", "256.0.0.1:bad"},
+		{"listen", "--any-user", "--jwks", jwks, "--admin-host", ""},
+		{"listen", "--any-user", "--jwks", jwks, "--admin-host", "a.internal,"},
+		{"listen", "--any-user", "--jwks", jwks, "--admin-host", "a.internal:8788"},
+		{"listen", "--any-user", "--jwks", jwks, "--admin-host", "http://a.internal"},
 	} {
 		r = runCmd(t, "", args...)
 		if r.code != exitUsage || r.stderr == "" {
