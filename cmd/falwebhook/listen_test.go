@@ -643,24 +643,19 @@ func TestListenUsageErrors(t *testing.T) {
 		{"listen", "--any-user", "--jwks", jwks, "--max-body", "-1"},
 		{"listen", "--any-user", "--jwks", jwks, "--body-budget", "lots"},
 		{"listen", "--any-user", "--jwks", jwks, "--addr", "127.0.0.1:0", "--admin-addr", "256.0.0.1:bad"},
-		{"listen", "--any-user", "--jwks", jwks, "--admin-host", ""},
-		{"listen", "--any-user", "--jwks", jwks, "--admin-host", "a.internal,"},
-		{"listen", "--any-user", "--jwks", jwks, "--admin-host", "a.internal:8788"},
-		{"listen", "--any-user", "--jwks", jwks, "--admin-host", "http://a.internal"},
+		{"listen", "--any-user", "--jwks", jwks, "--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--admin-host", ""},
+		{"listen", "--any-user", "--jwks", jwks, "--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--admin-host", "a.internal,"},
+		{"listen", "--any-user", "--jwks", jwks, "--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--admin-host", "a.internal:8788"},
+		{"listen", "--any-user", "--jwks", jwks, "--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--admin-host", "http://a.internal"},
 	} {
-		r = runCmd(t, "", args...)
+		r = runDone(t, args...)
 		if r.code != exitUsage || r.stderr == "" {
 			t.Errorf("%q: exit %d, stderr %q; want 2 with an error", args, r.code, r.stderr)
 		}
 	}
 	// Pinning is the default: without --user-id, listen refuses to start
 	// unless told that any account will do, and says why.
-	// (A context already done, so that a listen that does start returns.)
-	done, cancel := context.WithCancel(t.Context())
-	cancel()
-	var stdout, stderr bytes.Buffer
-	code := run(done, []string{"listen", "--jwks", jwks, "--addr", "127.0.0.1:0", "--admin-addr", ""}, strings.NewReader(""), &stdout, &stderr)
-	r = result{code, stdout.String(), stderr.String()}
+	r = runDone(t, "listen", "--jwks", jwks, "--addr", "127.0.0.1:0", "--admin-addr", "")
 	if r.code != exitUsage {
 		t.Fatalf("listen without --user-id or --any-user: exit %d, want 2 (it must not start)\n%s", r.code, r)
 	}
@@ -668,8 +663,19 @@ func TestListenUsageErrors(t *testing.T) {
 	if r.stdout != "" {
 		t.Errorf("listen without --user-id printed %q: it must not listen", r.stdout)
 	}
-	r = runCmd(t, "", "listen", "--jwks", jwks, "--user-id", "me", "--any-user")
+	r = runDone(t, "listen", "--jwks", jwks, "--user-id", "me", "--any-user")
 	if r.code != exitUsage || !strings.Contains(r.stderr, "--user-id and --any-user contradict each other") {
 		t.Errorf("listen with --user-id and --any-user: %s; want exit 2 saying they contradict", r)
 	}
+}
+
+// runDone runs the command in-process with a context already done, so that
+// a listen that should have refused to start but did returns at once.
+func runDone(t *testing.T, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	var stdout, stderr bytes.Buffer
+	code := run(ctx, args, strings.NewReader(""), &stdout, &stderr)
+	return result{code, stdout.String(), stderr.String()}
 }
