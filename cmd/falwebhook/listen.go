@@ -11,9 +11,12 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/redis/go-redis/v9"
 	"go.opentelemetry.io/otel/codes"
@@ -30,7 +33,10 @@ Listen runs a webhook receiver that verifies every delivery with falwebhook's
 Verifier and Middleware, at --path (default /fal/webhook; a path ending in /
 takes everything under it, so --path / takes any path; other paths get 404),
 and prints one line per delivery: time, HTTP status answered, request id,
-user id, event status, verdict. Genuine deliveries are answered 200; forged
+user id, event status, verdict. What the sender chose (request and user
+id, method, path) is shown cut to 128 bytes, marked with its full length,
+and in text lines with control characters and bytes that are not UTF-8
+escaped (\n, \xff), so that a forgery costs one short line of log. Genuine deliveries are answered 200; forged
 or malformed ones 400/401; 503 when keys cannot be fetched, so that fal
 retries. Bodies are limited to --max-body (default 25MiB), and the bytes
 of bodies not yet verified, across all deliveries, to --body-budget
@@ -625,15 +631,60 @@ func (rc *receiver) rewrite(pr *httputil.ProxyRequest) {
 	propagation.TraceContext{}.Inject(pr.In.Context(), propagation.HeaderCarrier(pr.Out.Header))
 }
 
+// The most bytes a delivery's line shows of a value the sender chose, none
+// of it verified when the delivery is rejected: logMax of the method, path,
+// request id and user id, logErrMax of an error's text, which may quote one.
+// Longer values are cut and marked with their length, so that a forger's
+// megabyte of request id costs a line of log, not a megabyte.
+const (
+	logMax    = 128
+	logErrMax = 512
+)
+
+// clip returns s cut to at most max bytes, at a character boundary, and
+// marked with the length it had: "abc…(1048576 bytes)".
+func clip(s string, max int) string {
+	if len(s) <= max {
+		return s
+	}
+	cut := max
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…(" + strconv.Itoa(len(s)) + " bytes)"
+}
+
+// escape returns s with control and other unprintable characters, and
+// bytes that are not UTF-8, escaped as in a Go string literal (\n, \x1b,
+// \u202e, \xff), so that a sender can neither start a line of its own
+// nor make a terminal show what it was not sent.
+func escape(s string) string {
+	var b strings.Builder
+	for len(s) > 0 {
+		r, n := utf8.DecodeRuneInString(s)
+		switch {
+		case r == utf8.RuneError && n == 1:
+			fmt.Fprintf(&b, `\x%02x`, s[0])
+		case !unicode.IsPrint(r):
+			q := strconv.QuoteRune(r)
+			b.WriteString(q[1 : len(q)-1])
+		default:
+			b.WriteString(s[:n])
+		}
+		s = s[n:]
+	}
+	return b.String()
+}
+
 // log prints the delivery's line and returns the status answered.
 func (rc *receiver) log(r *http.Request, rec *record) int {
 	l := listenLine{
 		Time:          rc.now().UTC().Format(time.RFC3339),
-		Method:        r.Method,
-		Path:          r.URL.Path,
+		Method:        clip(r.Method, logMax),
+		Path:          clip(r.URL.Path, logMax),
 		Status:        rec.status,
-		RequestID:     rec.d.RequestID,
-		UserID:        rec.d.UserID,
+		RequestID:     clip(rec.d.RequestID, logMax),
+		UserID:        clip(rec.d.UserID, logMax),
 		Verdict:       "accepted",
 		ForwardStatus: rec.fwdStatus,
 		TraceID:       rec.traceID,
@@ -642,14 +693,14 @@ func (rc *receiver) log(r *http.Request, rec *record) int {
 		l.Status = rec.d.Status
 	}
 	if rec.ev != nil {
-		l.EventStatus = string(rec.ev.Status)
+		l.EventStatus = clip(string(rec.ev.Status), logMax)
 	}
 	switch rec.d.Outcome {
 	case "duplicate", "in_progress":
 		l.Verdict = "duplicate"
 	}
 	if err := rec.d.Err; err != nil {
-		l.Verdict, l.Reason, l.Error = "rejected", reason(err), err.Error()
+		l.Verdict, l.Reason, l.Error = "rejected", reason(err), clip(err.Error(), logErrMax)
 	}
 	if rec.fwdErr != nil {
 		l.ForwardError = rec.fwdErr.Error()
@@ -659,18 +710,19 @@ func (rc *receiver) log(r *http.Request, rec *record) int {
 		rc.out.printf("%s\n", b)
 		return l.Status
 	}
-	rc.out.printf("%s  %d  %-36s  %-16s  %-5s  %s\n", l.Time, l.Status, dash(l.RequestID), dash(l.UserID), dash(l.EventStatus), rc.verdict(rec))
+	rc.out.printf("%s  %d  %-36s  %-16s  %-5s  %s\n", l.Time, l.Status, escape(dash(l.RequestID)), escape(dash(l.UserID)), escape(dash(l.EventStatus)), rc.verdict(rec, l.UserID))
 	return l.Status
 }
 
-// verdict describes what became of a delivery, for its text line.
-func (rc *receiver) verdict(rec *record) string {
+// verdict describes what became of a delivery, for its text line; userID
+// is the delivery's, clipped.
+func (rc *receiver) verdict(rec *record, userID string) string {
 	err := rec.d.Err
 	switch {
 	case errors.Is(err, falwebhook.ErrUnexpectedUser):
-		return rejection(err) + ": " + userHint(rec.d.UserID, rc.userIDs)
+		return rejection(err) + ": " + escape(userHint(userID, rc.userIDs))
 	case err != nil && errDetail(err) != "":
-		return rejection(err) + ": " + errDetail(err)
+		return rejection(err) + ": " + escape(clip(errDetail(err), logErrMax))
 	case err != nil:
 		return rejection(err)
 	case rec.d.Outcome == "duplicate" && rc.proxy != nil:

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/falwebhook/falwebhook"
 	"github.com/falwebhook/falwebhook/faltest"
@@ -678,4 +679,114 @@ func runDone(t *testing.T, args ...string) result {
 	var stdout, stderr bytes.Buffer
 	code := run(ctx, args, strings.NewReader(""), &stdout, &stderr)
 	return result{code, stdout.String(), stderr.String()}
+}
+
+// TestListenLogBounded: what a forger sends reaches the log cut to a few
+// hundred bytes and escaped, so that a megabyte of request id costs a line,
+// not a megabyte, and no value can start a line of its own.
+func TestListenLogBounded(t *testing.T) {
+	dir := t.TempDir()
+	fal := faltest.SignerFromName("listen test: fal")
+	jwks := writeTestFile(t, dir, "jwks.json", faltest.JWKS(fal))
+	forger := faltest.SignerFromName("listen test: forger")
+	hugeID := strings.Repeat("r", 1_000_000)
+	for _, tc := range []struct {
+		name string
+		args []string
+	}{
+		{"text", nil},
+		{"json", []string{"--json"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := startListen(t, append([]string{"--any-user", "--jwks", jwks, "--path", "/"}, tc.args...)...)
+			sendForged := func(path string, d faltest.Delivery) {
+				t.Helper()
+				req, err := forger.NewClientRequest(t.Context(), l.url+path, d)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if status, _ := do(t, req); status != http.StatusUnauthorized {
+					t.Errorf("forgery to %s answered %d, want 401", path, status)
+				}
+			}
+			body := faltest.OKBody("small", json.RawMessage(`{}`))
+			sendForged("/"+strings.Repeat("p", 10_000), faltest.Delivery{RequestID: hugeID, UserID: strings.Repeat("u", 20_000), Body: body})
+			sendForged("/x%0A2026-01-01T00:00:00Z%20%20200%20%20fake%1B[2J", faltest.Delivery{RequestID: "id\xff\u202eevil", UserID: "last", Body: body})
+			// A method of the sender's is quoted by the error.
+			req, _ := http.NewRequestWithContext(t.Context(), strings.Repeat("M", 10_000), l.url+"/", nil)
+			req.Header.Set(falwebhook.HeaderUserID, "end")
+			if status, _ := do(t, req); status != http.StatusMethodNotAllowed {
+				t.Errorf("a 10,000-byte method answered %d, want 405", status)
+			}
+			out := l.stdout.waitFor(waitCtx(t), t, "MMMM")
+			lines := strings.Split(strings.TrimSpace(out), "\n")
+			if len(lines) != 5 { // two addresses, three requests
+				t.Fatalf("stdout has %d lines, want 5 (each request on one line):\n%.3000s", len(lines), out)
+			}
+			for _, line := range lines[2:] {
+				if len(line) > 2048 {
+					t.Errorf("a forgery's line is %d bytes, want a bounded few hundred: %.200q…", len(line), line)
+				}
+				for _, r := range line {
+					// JSON escapes control characters; the text line
+					// escapes whatever a terminal would not show as is.
+					if r < 0x20 || r == 0x7f || tc.name == "text" && (r == '\u202e' || r == utf8.RuneError) {
+						t.Errorf("a forgery's line holds %q unescaped: %q", r, line)
+					}
+				}
+			}
+			if tc.name == "text" {
+				wantContains(t, "log", out, strings.Repeat("r", 100)+"…(1000000 bytes)", strings.Repeat("u", 100)+"…(20000 bytes)", `id\xff\u202eevil`)
+				return
+			}
+			var big, odd, method listenLine
+			if json.Unmarshal([]byte(lines[2]), &big) != nil || json.Unmarshal([]byte(lines[3]), &odd) != nil || json.Unmarshal([]byte(lines[4]), &method) != nil {
+				t.Fatalf("delivery lines are not JSON:\n%.3000s", out)
+			}
+			if big.Path != "/"+strings.Repeat("p", logMax-1)+"…(10001 bytes)" {
+				t.Errorf("the long path was logged as %.200q, want %d bytes of it marked with its length", big.Path, logMax)
+			}
+			if len(method.Method) > logMax+20 || len(method.Error) > logErrMax+20 {
+				t.Errorf("the long method was logged as %d bytes and its error as %d, want at most %d and %d and a marker", len(method.Method), len(method.Error), logMax, logErrMax)
+			}
+			if big.RequestID != strings.Repeat("r", logMax)+"…(1000000 bytes)" || big.UserID != strings.Repeat("u", logMax)+"…(20000 bytes)" {
+				t.Errorf("the huge ids were logged as %.200q and %.200q, want %d bytes of each marked with its length", big.RequestID, big.UserID, logMax)
+			}
+			if odd.Path != "/x\n2026-01-01T00:00:00Z  200  fake\x1b[2J" || odd.RequestID != "id\ufffd\u202eevil" {
+				t.Errorf("JSON line holds path %q and request id %q, want them as sent (JSON escapes them)", odd.Path, odd.RequestID)
+			}
+		})
+	}
+}
+
+func TestClipAndEscape(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		max  int
+		want string
+	}{
+		{"", 4, ""},
+		{"abcd", 4, "abcd"},
+		{"abcde", 4, "abcd…(5 bytes)"},
+		{"ab€cd", 4, "ab…(7 bytes)"}, // not in the middle of €
+		{"€€", 3, "€…(6 bytes)"},
+	} {
+		if got := clip(tc.in, tc.max); got != tc.want {
+			t.Errorf("clip(%q, %d) = %q, want %q", tc.in, tc.max, got, tc.want)
+		}
+	}
+	for in, want := range map[string]string{
+		"plain id-1":        "plain id-1",
+		"été €":             "été €",
+		"a\nb\r\tc":         `a\nb\r\tc`,
+		"\x1b[2J\x00\x7f":   `\x1b[2J\x00\x7f`,
+		"bad\xff\xfe":       `bad\xff\xfe`,
+		"rtl\u202eoverride": `rtl\u202eoverride`,
+		"line\u2028sep":     `line\u2028sep`,
+		`back\slash "q"`:    `back\slash "q"`,
+	} {
+		if got := escape(in); got != want {
+			t.Errorf("escape(%q) = %q, want %q", in, got, want)
+		}
+	}
 }
