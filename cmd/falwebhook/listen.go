@@ -36,12 +36,13 @@ and prints one line per delivery: time, HTTP status answered, request id,
 user id, event status, verdict. What the sender chose (request and user
 id, method, path) is shown cut to 128 bytes, marked with its full length,
 and in text lines with control characters and bytes that are not UTF-8
-escaped (\n, \xff), so that a forgery costs one short line of log. Genuine deliveries are answered 200; forged
-or malformed ones 400/401; 503 when keys cannot be fetched, so that fal
-retries. Bodies are limited to --max-body (default 25MiB), and the bytes
-of bodies not yet verified, across all deliveries, to --body-budget
-(default 64MiB or twice --max-body; beyond it 503, so that fal retries);
-a body must arrive within 30s.
+escaped (\n, \xff), so that a forgery costs one short line of log.
+Genuine deliveries are answered 200; forged or malformed ones 400/401;
+503 when keys cannot be fetched, so that fal retries. Bodies are limited
+to --max-body (default 25MiB), and the bytes of bodies not yet verified,
+across all deliveries, to --body-budget (default 64MiB or twice
+--max-body; beyond it 503, so that fal retries); a body must arrive
+within 30s.
 
 The user id is the fal account a delivery is for. Every fal customer can
 have genuine deliveries sent to your URL, so listen needs --user-id
