@@ -581,13 +581,23 @@ func (rc *receiver) accept(w http.ResponseWriter, r *http.Request) {
 	rc.proxy.ServeHTTP(w, r.WithContext(ctx))
 }
 
+// forwardIdleConns is how many idle connections to the app the proxy
+// keeps: as many as there are deliveries in flight, up to this many, so
+// that each delivery reuses one instead of opening its own (a connection
+// closed after use sits a minute in TIME_WAIT, and a busy gateway would
+// run its host out of ephemeral ports).
+const forwardIdleConns = 256
+
 // newProxy returns the reverse proxy to the app, logging to stderr.
 func (rc *receiver) newProxy(lg *listenLog) *httputil.ReverseProxy {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.DisableCompression = true // ask for no gzip: relay the app's answer byte for byte
+	tr.MaxIdleConns = forwardIdleConns
+	tr.MaxIdleConnsPerHost = forwardIdleConns // one host: the app
 	return &httputil.ReverseProxy{
-		Rewrite:   rc.rewrite,
-		Transport: tr,
+		Rewrite:    rc.rewrite,
+		Transport:  tr,
+		BufferPool: &copyBuffers{},
 		ModifyResponse: func(resp *http.Response) error {
 			rec := recordOf(resp.Request.Context())
 			rec.status, rec.fwdStatus = resp.StatusCode, resp.StatusCode
@@ -601,6 +611,19 @@ func (rc *receiver) newProxy(lg *listenLog) *httputil.ReverseProxy {
 		ErrorLog: lg.std(""),
 	}
 }
+
+// copyBuffers lends the proxy the buffers it relays the app's answers
+// through, instead of it allocating 32 KiB for each.
+type copyBuffers struct{ pool sync.Pool }
+
+func (c *copyBuffers) Get() []byte {
+	if b, ok := c.pool.Get().(*[]byte); ok {
+		return *b
+	}
+	return make([]byte, 32<<10)
+}
+
+func (c *copyBuffers) Put(b []byte) { c.pool.Put(&b) }
 
 // rewrite makes the request to the app. Its headers are built from
 // scratch, after the proxy has taken the hop-by-hop ones off its copy of

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -789,4 +791,77 @@ func TestClipAndEscape(t *testing.T) {
 			t.Errorf("escape(%q) = %q, want %q", in, got, want)
 		}
 	}
+}
+
+// TestListenForwardReusesConnections sends deliveries 16 at a time through
+// listen --forward and counts the connections the app accepts: each
+// delivery in flight reuses one, instead of most opening their own.
+func TestListenForwardReusesConnections(t *testing.T) {
+	const conc, each = 16, 25
+	dir := t.TempDir()
+	fal := faltest.SignerFromName("listen test: fal")
+	jwks := writeTestFile(t, dir, "jwks.json", faltest.JWKS(fal))
+	var mu sync.Mutex // guards conns
+	conns := 0
+	target := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		io.WriteString(w, "handled")
+	}))
+	target.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			mu.Lock()
+			conns++
+			mu.Unlock()
+		}
+	}
+	target.Start()
+	defer target.Close()
+	l := startListen(t, "--user-id", faltest.DefaultUserID, "--jwks", jwks, "--forward", target.URL)
+
+	type signed struct {
+		h    faltest.Headers
+		body []byte
+	}
+	deliveries := make([]signed, conc*each)
+	for i := range deliveries {
+		body := faltest.OKBody(fmt.Sprintf("reuse-%d", i), json.RawMessage(`{}`))
+		deliveries[i] = signed{fal.Sign(faltest.Delivery{Body: body}), body}
+	}
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: conc}}
+	defer client.CloseIdleConnections()
+	var wg sync.WaitGroup
+	errs := make(chan error, conc)
+	for g := range conc {
+		wg.Go(func() {
+			for _, d := range deliveries[g*each : (g+1)*each] {
+				req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, l.hook, bytes.NewReader(d.body))
+				d.h.Set(req.Header)
+				resp, err := client.Do(req)
+				if err != nil {
+					errs <- err
+					return
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK || string(b) != "handled" {
+					errs <- fmt.Errorf("delivery answered %d %q, want the app's 200", resp.StatusCode, b)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	n := conns
+	mu.Unlock()
+	// One connection per delivery in flight; a few more when a delivery
+	// starts before the connection of the one before is back in the pool.
+	if n > 2*conc {
+		t.Errorf("the app accepted %d connections for %d deliveries %d at a time, want at most %d: the proxy does not keep its connections", n, conc*each, conc, 2*conc)
+	}
+	t.Logf("%d deliveries, %d at a time: the app accepted %d connections", conc*each, conc, n)
 }
