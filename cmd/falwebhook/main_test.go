@@ -36,7 +36,12 @@ func TestMain(m *testing.M) {
 	}
 	http.DefaultTransport = tr
 	redis.SetLogger(redisLogger{}) // as main does
-	os.Exit(m.Run())
+	if kind := os.Getenv(benchChildEnv); kind != "" {
+		os.Exit(serveBenchChild(kind, os.Args[1:]))
+	}
+	code := m.Run()
+	stopBenchServers()
+	os.Exit(code)
 }
 
 // result is what one run of the command produced.
