@@ -13,6 +13,8 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -219,9 +221,13 @@ func stopBenchServers() {
 	if bench == nil {
 		return
 	}
+	for _, in := range bench.stdins {
+		_ = in.Close() // the children stop serving and exit
+	}
 	for _, c := range bench.children {
-		_ = c.Process.Kill()
+		t := time.AfterFunc(5*time.Second, func() { _ = c.Process.Kill() })
 		_ = c.Wait()
+		t.Stop()
 	}
 }
 
@@ -293,6 +299,11 @@ func serveBenchChild(kind string, args []string) int {
 		cancel()
 	}()
 	if kind == benchListen {
+		if path := os.Getenv("FALWEBHOOK_BENCH_CPUPROFILE"); path != "" && slices.Contains(args, "--forward") {
+			if f, err := os.Create(path); err == nil && pprof.StartCPUProfile(f) == nil {
+				defer pprof.StopCPUProfile()
+			}
+		}
 		return run(ctx, args, strings.NewReader(""), os.Stdout, os.Stderr)
 	}
 	var h http.Handler

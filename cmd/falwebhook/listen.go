@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -578,7 +579,19 @@ func (rc *receiver) accept(w http.ResponseWriter, r *http.Request) {
 	rec.forwarded = true
 	ctx, cancel := context.WithTimeout(r.Context(), rc.timeout)
 	defer cancel()
-	rc.proxy.ServeHTTP(w, r.WithContext(ctx))
+	r = r.WithContext(ctx)
+	if n := r.ContentLength; n > 0 && n <= inMemoryForward && r.GetBody != nil {
+		// A body net/http knows to be in memory goes out with the
+		// headers in one write, not in a write of its own.
+		// r.Body is left as it is unless the copy is whole.
+		if src, err := r.GetBody(); err == nil {
+			b := make([]byte, n)
+			if _, err := io.ReadFull(src, b); err == nil {
+				r.Body = io.NopCloser(bytes.NewReader(b))
+			}
+		}
+	}
+	rc.proxy.ServeHTTP(w, r)
 }
 
 // forwardIdleConns is how many idle connections to the app the proxy
@@ -587,6 +600,10 @@ func (rc *receiver) accept(w http.ResponseWriter, r *http.Request) {
 // closed after use sits a minute in TIME_WAIT, and a busy gateway would
 // run its host out of ephemeral ports).
 const forwardIdleConns = 256
+
+// inMemoryForward is the largest verified body copied before it is
+// forwarded, so that the request to the app takes one write.
+const inMemoryForward = 64 << 10
 
 // newProxy returns the reverse proxy to the app, logging to stderr.
 func (rc *receiver) newProxy(lg *listenLog) *httputil.ReverseProxy {
