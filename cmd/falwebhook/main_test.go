@@ -36,7 +36,12 @@ func TestMain(m *testing.M) {
 	}
 	http.DefaultTransport = tr
 	redis.SetLogger(redisLogger{}) // as main does
-	os.Exit(m.Run())
+	if kind := os.Getenv(benchChildEnv); kind != "" {
+		os.Exit(serveBenchChild(kind, os.Args[1:]))
+	}
+	code := m.Run()
+	stopBenchServers()
+	os.Exit(code)
 }
 
 // result is what one run of the command produced.
@@ -269,7 +274,7 @@ func TestFlagErrorMessages(t *testing.T) {
 		{[]string{"listen", "--forward-timeout", "1.5"}, `a duration needs a unit, such as 1.5s or 5m`},
 		{[]string{"send", "--timeout", "5min", "http://127.0.0.1:1/"}, `invalid value "5min" for flag -timeout: want a duration such as 30s, 5m or 1h30m`},
 		{[]string{"verify", "--jwks", key, capture}, key + " looks like a PEM private key; --jwks wants a JWKS document (keygen writes one as *.jwks.json)"},
-		{[]string{"listen", "--jwks", key}, key + " looks like a PEM private key; --jwks wants a JWKS document (keygen writes one as *.jwks.json)"},
+		{[]string{"listen", "--any-user", "--jwks", key}, key + " looks like a PEM private key; --jwks wants a JWKS document (keygen writes one as *.jwks.json)"},
 	} {
 		r := runCmd(t, "", tc.args...)
 		wantCode(t, r, exitUsage)
