@@ -95,6 +95,7 @@ type listenFlags struct {
 	forwardTimeout      *time.Duration
 	tolerance           *time.Duration
 	shutdownTimeout     *time.Duration
+	inbox               inboxFlags
 }
 
 // listenLine is one delivery in --json output.
@@ -144,7 +145,8 @@ type record struct {
 	forwarded bool
 	fwdStatus int
 	fwdErr    error
-	aborted   bool // the relay of the app's answer broke off
+	aborted   bool   // the relay of the app's answer broke off
+	queued    string // with --inbox: what became of it (its verdict)
 }
 
 type recordKey struct{}
@@ -210,7 +212,16 @@ func runListen(ctx context.Context, e *env, args []string) int {
 	if err != nil {
 		return fail("%v", err)
 	}
-	rc.verify = falwebhook.NewVerifier(opts...).Middleware(http.HandlerFunc(rc.accept))
+	v := falwebhook.NewVerifier(opts...)
+	rc.verify = v.Middleware(http.HandlerFunc(rc.accept))
+	var ib *gatewayInbox
+	if f.inbox.spec != "" {
+		if ib, err = openInbox(ctx, f, rc, tel, lg); err != nil {
+			return fail("--inbox: %v", err)
+		}
+		defer ib.close()
+		rc.verify, rc.ready.db = ib.serveHTTP(v), ib.ping
+	}
 
 	ln, err := net.Listen("tcp", f.addr)
 	if err != nil {
@@ -228,12 +239,25 @@ func runListen(ctx context.Context, e *env, args []string) int {
 		rc.announce("admin", "http://"+adminLn.Addr().String())
 	}
 	rc.describeSetup(ctx, f, warm, rdb, info)
+	sv := servers{ln: ln, adminLn: adminLn}
+	if ib != nil {
+		ib.describe(info)
+		if err := ib.run(ctx); err != nil {
+			ln.Close()
+			if adminLn != nil {
+				adminLn.Close()
+			}
+			return fail("%v", err)
+		}
+		sv.drain = ib.drain
+	}
 
 	var admin http.Handler
 	if adminLn != nil {
 		admin = adminHandler(rc.ready, tel.reg, lg.std("metrics: "))
 	}
-	if err := serve(ctx, servers{ln: ln, adminLn: adminLn, admin: admin}, rc, *f.shutdownTimeout, dd, lg); err != nil {
+	sv.admin = admin
+	if err := serve(ctx, sv, rc, *f.shutdownTimeout, dd, lg); err != nil {
 		return fail("%v", err)
 	}
 	return exitOK
@@ -255,9 +279,10 @@ func parseListenFlags(e *env, args []string) (f *listenFlags, code int, ok bool)
 	fs.StringVar(&f.forward, "forward", "", "pass verified deliveries to the app at `URL` and relay its answer")
 	fs.Var(&f.userIDs, "user-id", "accept only deliveries for this fal user `ID` (repeatable); others get 403")
 	fs.BoolVar(&f.noDedupe, "no-dedupe", false, "handle (and forward) every verified delivery, even a repeat of a request id already handled")
-	f.forwardTimeout = durationVar(fs, "forward-timeout", 15*time.Second, "give up on the app after this `duration` (502); fal itself waits 15s")
+	f.forwardTimeout = durationVar(fs, "forward-timeout", 15*time.Second, "give up on the app after this `duration` (502); fal itself waits 15s (with --inbox: per attempt, default 5m)")
 	f.tolerance = durationVar(fs, "tolerance", 5*time.Minute, "largest accepted `skew` between a delivery's timestamp and now")
 	f.shutdownTimeout = durationVar(fs, "shutdown-timeout", 30*time.Second, "on SIGINT/SIGTERM, wait this `duration` for deliveries in flight")
+	f.inbox.register(fs)
 	pos, code, ok := parseArgs(fs, args)
 	if !ok {
 		return nil, code, false
@@ -277,6 +302,9 @@ func parseListenFlags(e *env, args []string) (f *listenFlags, code int, ok bool)
 	case f.redis != "" && f.noDedupe:
 		return fail("--redis and --no-dedupe contradict each other")
 	}
+	if msg := checkInboxFlags(fs, f); msg != "" {
+		return fail("%s", msg)
+	}
 	return f, 0, true
 }
 
@@ -292,6 +320,7 @@ func (rc *receiver) verifierOptions(f *listenFlags, rdb *redis.Client, lg *liste
 		falwebhook.WithBodyBudget(f.bodyBudget.n),
 	}
 	switch {
+	case f.inbox.spec != "": // the inbox's unique job is the dedupe
 	case rdb != nil:
 		dd = &falwebhook.Dedupe{Store: redisdedupe.New(rdb), Logger: lg.slog}
 	case !f.noDedupe:
@@ -377,6 +406,8 @@ func (rc *receiver) describeSetup(ctx context.Context, f *listenFlags, warm *fal
 		if err := rc.ready.ping(ctx); err != nil {
 			info("warning: Redis at %s did not answer PING: %v (deliveries get 503 until it does)", rdb.Options().Addr, err)
 		}
+	case f.inbox.spec != "":
+		info("dedupe by the inbox: one job per request id, kept a day after it is forwarded; a repeat is answered 200 and not forwarded again")
 	case f.noDedupe:
 		info("dedupe off: a repeat of a delivery is handled again")
 	default:
@@ -392,6 +423,7 @@ func (rc *receiver) describeSetup(ctx context.Context, f *listenFlags, warm *fal
 type servers struct {
 	ln, adminLn net.Listener
 	admin       http.Handler
+	drain       func(context.Context) error // with --inbox: stops the forwarder
 }
 
 // serve serves rc on sv.ln, and the admin handler on sv.adminLn, until ctx
@@ -463,6 +495,11 @@ func serve(ctx context.Context, sv servers, rc *receiver, timeout time.Duration,
 	if dd != nil {
 		if err := dd.Shutdown(sctx); err != nil {
 			return fmt.Errorf("shutdown: dedupe bookkeeping unfinished: %w", err)
+		}
+	}
+	if sv.drain != nil {
+		if err := sv.drain(sctx); err != nil {
+			return fmt.Errorf("shutdown: %w", err)
 		}
 	}
 	lg.info("stopped")
@@ -646,6 +683,8 @@ func (rc *receiver) verdict(rec *record) string {
 		return "duplicate: already handled"
 	case rec.d.Outcome == "in_progress":
 		return "duplicate: still being handled; answered 409 so that fal retries"
+	case rec.queued != "":
+		return rec.queued
 	case !rec.forwarded:
 		return "accepted"
 	case rec.fwdErr != nil:
