@@ -661,3 +661,153 @@ func percentile(d []time.Duration, p float64) time.Duration {
 	sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
 	return d[min(len(d)-1, int(float64(len(d))*p))]
 }
+
+// headWriter keeps what is written until it holds two lines, then drops
+// the rest: the addresses listen announces, without its delivery lines.
+type headWriter struct {
+	mu   sync.Mutex
+	buf  []byte
+	full chan struct{}
+}
+
+func (w *headWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if bytes.Count(w.buf, []byte("\n")) < 2 {
+		w.buf = append(w.buf, p...)
+		if bytes.Count(w.buf, []byte("\n")) >= 2 {
+			close(w.full)
+		}
+	}
+	return len(p), nil
+}
+
+// benchListen runs listen --json with args in-process for a benchmark
+// and returns the URL of its deliveries and of its admin listener.
+func benchListen(b *testing.B, args ...string) (hook, admin string) {
+	b.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	out := &headWriter{full: make(chan struct{})}
+	stderr := newSyncBuffer()
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, append([]string{"listen", "--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--json"}, args...), strings.NewReader(""), out, stderr)
+	}()
+	b.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	select {
+	case <-out.full:
+	case code := <-done:
+		b.Fatalf("listen exited %d: %s", code, stderr.String())
+	case <-time.After(30 * time.Second):
+		b.Fatal("listen did not announce its addresses")
+	}
+	lines := strings.SplitN(string(out.buf), "\n", 3)
+	var first, second struct{ Listening, Admin string }
+	if json.Unmarshal([]byte(lines[0]), &first) != nil || json.Unmarshal([]byte(lines[1]), &second) != nil {
+		b.Fatalf("stdout starts %q", out.buf)
+	}
+	return first.Listening + "/fal/webhook", second.Admin
+}
+
+// BenchmarkListenAck measures how fast listen acknowledges deliveries
+// from 32 concurrent senders: "verify" is the floor (listen answering 200
+// itself once verified, dedupe in memory), "inbox-sqlite" stores each in
+// the inbox first (and forwards it to a fast app meanwhile). It reports
+// acknowledgement latency p50 and p99, acknowledged deliveries per
+// second, and for the inbox forwarded deliveries per second (until the
+// app has them all).
+func BenchmarkListenAck(b *testing.B) {
+	const senders = 32
+	fal := faltest.SignerFromName("inbox bench: fal")
+	jwks := writeTestFileTB(b, b.TempDir(), "jwks.json", faltest.JWKS(fal))
+	for _, mode := range []string{"verify", "inbox-sqlite"} {
+		b.Run(mode, func(b *testing.B) {
+			var forwarded sync.WaitGroup
+			appSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				_, _ = io.Copy(io.Discard, r.Body)
+				w.WriteHeader(http.StatusNoContent)
+				forwarded.Done()
+			}))
+			defer appSrv.Close()
+			args := []string{"--jwks", jwks, "--user-id", "me"}
+			if mode == "inbox-sqlite" {
+				args = append(args, "--forward", appSrv.URL, "--inbox", "sqlite:"+filepath.Join(b.TempDir(), "inbox.db"), "--inbox-workers", "16")
+			}
+			hook, _ := benchListen(b, args...)
+			type signed struct {
+				h    faltest.Headers
+				body []byte
+			}
+			reqs := make([]signed, b.N)
+			for i := range reqs {
+				d := faltest.Delivery{Body: faltest.OKBody(fmt.Sprintf("bench-%s-%d", mode, i), json.RawMessage(`{"seed": 1}`)), UserID: "me"}
+				reqs[i] = signed{fal.Sign(d), d.Body}
+			}
+			if mode == "inbox-sqlite" {
+				forwarded.Add(b.N)
+			}
+			client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: senders}, Timeout: 30 * time.Second}
+			lat := make([][]time.Duration, senders)
+			var next sync.Mutex
+			n := 0
+			b.ResetTimer()
+			start := time.Now()
+			var wg sync.WaitGroup
+			for s := range senders {
+				wg.Go(func() {
+					for {
+						next.Lock()
+						i := n
+						n++
+						next.Unlock()
+						if i >= len(reqs) {
+							return
+						}
+						req, _ := http.NewRequest(http.MethodPost, hook, bytes.NewReader(reqs[i].body))
+						reqs[i].h.Set(req.Header)
+						t0 := time.Now()
+						resp, err := client.Do(req)
+						if err != nil {
+							b.Error(err)
+							return
+						}
+						_, _ = io.Copy(io.Discard, resp.Body)
+						resp.Body.Close()
+						lat[s] = append(lat[s], time.Since(t0))
+						if resp.StatusCode != http.StatusOK {
+							b.Errorf("delivery answered %d", resp.StatusCode)
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+			acked := time.Since(start)
+			b.StopTimer()
+			var all []time.Duration
+			for _, l := range lat {
+				all = append(all, l...)
+			}
+			b.ReportMetric(float64(b.N)/acked.Seconds(), "acks/s")
+			b.ReportMetric(float64(percentile(all, 0.50).Microseconds())/1000, "p50-ms")
+			b.ReportMetric(float64(percentile(all, 0.99).Microseconds())/1000, "p99-ms")
+			if mode == "inbox-sqlite" {
+				forwarded.Wait()
+				b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "forwarded/s")
+			}
+			client.CloseIdleConnections()
+		})
+	}
+}
+
+func writeTestFileTB(tb testing.TB, dir, name string, data []byte) string {
+	tb.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, data, 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	return p
+}

@@ -61,6 +61,36 @@ trace (the sender's own is dropped). The app's answer is relayed back to
 fal; when the app cannot be reached within --forward-timeout the answer is
 502. Deliveries that fail verification never reach the app.
 
+With --inbox sqlite:PATH or --inbox postgres://URL (or postgresql://;
+needs --forward), each verified delivery is stored in a durable inbox (a
+River job queue) and answered 200 once the store has committed, in
+milliseconds however slow the app is; a repeat of a stored request id is
+answered 200 (Falwebhook-Duplicate: completed) and not stored again; while
+the database fails, deliveries get 503 and fal retries: nothing is
+acknowledged that is not stored. Workers in the same process (at most
+--inbox-workers at once, default 16) then POST each stored delivery to the
+app as above, adding Idempotency-Key (the request id), Falwebhook-Attempt
+(1, 2, ...) and Falwebhook-Source (webhook, or reconcile), but without
+X-Fal-Webhook-Timestamp, X-Fal-Webhook-Signature and X-Forwarded-*: the
+signature is checked here at receipt, and an attempt may come hours later.
+Each attempt may take --forward-timeout (default 5m with --inbox). Any
+answer but 2xx, 4xx included (the app may be misconfigured), or none, is
+retried with backoff: 15s doubling to 1h, 12 attempts over about 4h, then
+the delivery is discarded. Toward the app this is at-least-once: only a
+delivery being forwarded when the gateway died may reach it twice, with
+the same Idempotency-Key, so have the app skip keys it has processed.
+A SQLite file belongs to one process (a second listen on it is refused),
+which on start resumes at once what a killed predecessor was forwarding.
+For replicas, point them all at one Postgres database (River's tables are
+migrated at start): each delivery is stored once between them, and what a
+killed replica was forwarding is resumed by another once --forward-timeout
+plus 1m has passed since the attempt began. The inbox is the dedupe:
+--redis and --no-dedupe are refused with it. /readyz also fails while the
+database does not answer within 1s; /metrics adds falwebhook_inbox_*:
+queue depth, oldest waiting delivery, jobs by state, forward attempts and
+failures. On SIGINT or SIGTERM, forwards in flight finish too, within
+--shutdown-timeout; those cut off are forwarded again later.
+
 Keys come from --jwks: fal's JWKS URL by default (cached, refreshed as fal
 rotates keys), another URL, or a JWKS file such as keygen writes.
 
