@@ -232,7 +232,7 @@ func (ib *gatewayInbox) openSQLite(ctx context.Context, path string, cfg *river.
 	}
 	// One connection, polled: a stored delivery is picked up within
 	// FetchPollInterval.
-	cfg.FetchCooldown = 50 * time.Millisecond
+	cfg.FetchCooldown = 10 * time.Millisecond
 	cfg.FetchPollInterval = 250 * time.Millisecond
 	if err := newInboxClient(ib, riversqlite.New(db.DB), cfg, logger); err != nil {
 		_ = db.Close()

@@ -364,6 +364,10 @@ func TestListenInboxSQLite(t *testing.T) {
 			t.Errorf("%s = %v, want %v", name, got, want)
 		}
 	}
+	// The Verifier has no dedupe of its own: the inbox answered the repeat.
+	if got := outcomeCounts(t, text, "falwebhook_deliveries_total"); got["accepted"] != 11 || got["duplicate"] != 0 {
+		t.Errorf("falwebhook_deliveries_total by outcome %v, want 11 accepted (one a repeat the inbox found stored) and no dedupe", got)
+	}
 	if got := metric(t, text, "falwebhook_inbox_forward_failures_total", "reason=status"); got != 1 {
 		t.Errorf("failures by status %v, want 1", got)
 	}
@@ -452,7 +456,12 @@ func TestListenInboxUsageErrors(t *testing.T) {
 		{[]string{"--inbox", "sqlite:" + filepath.Join(dir, "x.db?mode=memory"), "--forward", "http://127.0.0.1:1/"}, "need a plain file path"},
 		{[]string{"--inbox", "postgres://u:secret@127.0.0.1:1/x?sslmode=bogus", "--forward", "http://127.0.0.1:1/"}, "postgres://u:xxxxx@127.0.0.1:1/x"},
 	} {
-		r := runCmd(t, "", append([]string{"listen", "--addr", "127.0.0.1:0", "--admin-addr", "", "--jwks", jwks}, c.args...)...)
+		// Bounded: a listen that wrongly starts is stopped, and fails.
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		var stdout, stderr bytes.Buffer
+		code := run(ctx, append([]string{"listen", "--addr", "127.0.0.1:0", "--admin-addr", "", "--jwks", jwks}, c.args...), strings.NewReader(""), &stdout, &stderr)
+		cancel()
+		r := result{code, stdout.String(), stderr.String()}
 		if r.code != exitUsage || !strings.Contains(r.stderr, c.want) {
 			t.Errorf("listen %v: %s\nwant exit %d and %q", c.args, r, exitUsage, c.want)
 		}
