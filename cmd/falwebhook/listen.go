@@ -242,8 +242,12 @@ func runListen(ctx context.Context, e *env, args []string) int {
 	if err != nil {
 		return fail("%v", err)
 	}
+	var next http.Handler = http.HandlerFunc(rc.accept)
+	if dd != nil {
+		next = dd.Middleware(next)
+	}
 	v := falwebhook.NewVerifier(opts...)
-	rc.verify = v.Middleware(http.HandlerFunc(rc.accept))
+	rc.verify = v.Middleware(next)
 	var ib *gatewayInbox
 	if f.inbox.spec != "" {
 		if ib, err = openInbox(ctx, f, rc, tel, lg); err != nil {
@@ -345,9 +349,11 @@ func (rc *receiver) verifierOptions(f *listenFlags, rdb *redis.Client, lg *liste
 	opts = []falwebhook.Option{
 		falwebhook.WithTolerance(*f.tolerance),
 		falwebhook.WithObserver(rc),
-		falwebhook.WithUserIDs(f.userIDs...),
 		falwebhook.WithMaxBodySize(f.maxBody.n),
 		falwebhook.WithBodyBudget(f.bodyBudget.n),
+	}
+	if len(f.userIDs) > 0 { // WithUserIDs with none would refuse everything
+		opts = append(opts, falwebhook.WithUserIDs(f.userIDs...))
 	}
 	switch {
 	case f.inbox.spec != "": // the inbox's unique job is the dedupe
@@ -355,9 +361,6 @@ func (rc *receiver) verifierOptions(f *listenFlags, rdb *redis.Client, lg *liste
 		dd = &falwebhook.Dedupe{Store: redisdedupe.New(rdb), Logger: lg.slog}
 	case !f.noDedupe:
 		dd = &falwebhook.Dedupe{Logger: lg.slog}
-	}
-	if dd != nil {
-		opts = append(opts, falwebhook.WithDedupe(dd))
 	}
 	if isURL(f.jwks) {
 		warm = &falwebhook.JWKS{URL: f.jwks, Observer: rc, Logger: lg.slog}
