@@ -147,6 +147,7 @@ func pingClient(o *redis.Options) *redis.Client {
 type readiness struct {
 	now      func() time.Time
 	ping     func(ctx context.Context) error // nil without --redis
+	db       func(ctx context.Context) error // the inbox's database; nil without --inbox
 	refresh  func(ctx context.Context) error // fetches the keys; nil for a file
 	stopping atomic.Bool
 
@@ -202,6 +203,14 @@ func (rd *readiness) check(ctx context.Context) []string {
 		cancel()
 		if err != nil {
 			problems = append(problems, "redis: no answer to PING within "+readyPingTimeout.String()+": "+err.Error())
+		}
+	}
+	if rd.db != nil {
+		pctx, cancel := context.WithTimeout(ctx, readyPingTimeout)
+		err := rd.db(pctx)
+		cancel()
+		if err != nil {
+			problems = append(problems, "inbox database: no answer within "+readyPingTimeout.String()+": "+err.Error())
 		}
 	}
 	return problems

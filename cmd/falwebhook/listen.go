@@ -73,6 +73,36 @@ trace (the sender's own is dropped). The app's answer is relayed back to
 fal; when the app cannot be reached within --forward-timeout the answer is
 502. Deliveries that fail verification never reach the app.
 
+With --inbox sqlite:PATH or --inbox postgres://URL (or postgresql://;
+needs --forward), each verified delivery is stored in a durable inbox (a
+River job queue) and answered 200 once the store has committed, in
+milliseconds however slow the app is; a repeat of a stored request id is
+answered 200 (Falwebhook-Duplicate: completed) and not stored again; while
+the database fails, deliveries get 503 and fal retries: nothing is
+acknowledged that is not stored. Workers in the same process (at most
+--inbox-workers at once, default 16) then POST each stored delivery to the
+app as above, adding Idempotency-Key (the request id), Falwebhook-Attempt
+(1, 2, ...) and Falwebhook-Source (webhook, or reconcile), but without
+X-Fal-Webhook-Timestamp, X-Fal-Webhook-Signature and X-Forwarded-*: the
+signature is checked here at receipt, and an attempt may come hours later.
+Each attempt may take --forward-timeout (default 5m with --inbox). Any
+answer but 2xx, 4xx included (the app may be misconfigured), or none, is
+retried with backoff: 15s doubling to 1h, 12 attempts over about 4h, then
+the delivery is discarded. Toward the app this is at-least-once: only a
+delivery being forwarded when the gateway died may reach it twice, with
+the same Idempotency-Key, so have the app skip keys it has processed.
+A SQLite file belongs to one process (a second listen on it is refused),
+which on start resumes at once what a killed predecessor was forwarding.
+For replicas, point them all at one Postgres database (River's tables are
+migrated at start): each delivery is stored once between them, and what a
+killed replica was forwarding is resumed by another once --forward-timeout
+plus 1m has passed since the attempt began. The inbox is the dedupe:
+--redis and --no-dedupe are refused with it. /readyz also fails while the
+database does not answer within 1s; /metrics adds falwebhook_inbox_*:
+queue depth, oldest waiting delivery, jobs by state, forward attempts and
+failures. On SIGINT or SIGTERM, forwards in flight finish too, within
+--shutdown-timeout; those cut off are forwarded again later.
+
 Keys come from --jwks: fal's JWKS URL by default (cached, refreshed as fal
 rotates keys), another URL, or a JWKS file such as keygen writes.
 
@@ -112,6 +142,7 @@ type listenFlags struct {
 	forwardTimeout      *time.Duration
 	tolerance           *time.Duration
 	shutdownTimeout     *time.Duration
+	inbox               inboxFlags
 }
 
 // listenLine is one delivery in --json output.
@@ -161,7 +192,8 @@ type record struct {
 	forwarded bool
 	fwdStatus int
 	fwdErr    error
-	aborted   bool // the relay of the app's answer broke off
+	aborted   bool   // the relay of the app's answer broke off
+	queued    string // with --inbox: what became of it (its verdict)
 }
 
 type recordKey struct{}
@@ -231,7 +263,16 @@ func runListen(ctx context.Context, e *env, args []string) int {
 	if dd != nil {
 		next = dd.Middleware(next)
 	}
-	rc.verify = falwebhook.NewVerifier(opts...).Middleware(next)
+	v := falwebhook.NewVerifier(opts...)
+	rc.verify = v.Middleware(next)
+	var ib *gatewayInbox
+	if f.inbox.spec != "" {
+		if ib, err = openInbox(ctx, f, rc, tel, lg); err != nil {
+			return fail("--inbox: %v", err)
+		}
+		defer ib.close()
+		rc.verify, rc.ready.db = ib.serveHTTP(v), ib.ping
+	}
 
 	ln, err := net.Listen("tcp", f.addr)
 	if err != nil {
@@ -249,12 +290,25 @@ func runListen(ctx context.Context, e *env, args []string) int {
 		rc.announce("admin", "http://"+adminLn.Addr().String())
 	}
 	rc.describeSetup(ctx, f, warm, rdb, info)
+	sv := servers{ln: ln, adminLn: adminLn}
+	if ib != nil {
+		ib.describe(info)
+		if err := ib.run(ctx); err != nil {
+			ln.Close()
+			if adminLn != nil {
+				adminLn.Close()
+			}
+			return fail("%v", err)
+		}
+		sv.drain = ib.drain
+	}
 
 	var admin http.Handler
 	if adminLn != nil {
 		admin = adminHostGuard(f.adminHosts, adminHandler(rc.ready, tel.reg, lg.std("metrics: ")))
 	}
-	if err := serve(ctx, servers{ln: ln, adminLn: adminLn, admin: admin}, rc, *f.shutdownTimeout, dd, lg); err != nil {
+	sv.admin = admin
+	if err := serve(ctx, sv, rc, *f.shutdownTimeout, dd, lg); err != nil {
 		return fail("%v", err)
 	}
 	return exitOK
@@ -278,9 +332,10 @@ func parseListenFlags(e *env, args []string) (f *listenFlags, code int, ok bool)
 	fs.Var(&f.userIDs, "user-id", "accept only deliveries for this fal user `ID` (repeatable; required unless --any-user); others get 403")
 	fs.BoolVar(&f.anyUser, "any-user", false, "accept deliveries for any fal user instead of --user-id (each line shows the user id)")
 	fs.BoolVar(&f.noDedupe, "no-dedupe", false, "handle (and forward) every verified delivery, even a repeat of a request id already handled")
-	f.forwardTimeout = durationVar(fs, "forward-timeout", 15*time.Second, "give up on the app after this `duration` (502); fal itself waits 15s")
+	f.forwardTimeout = durationVar(fs, "forward-timeout", 15*time.Second, "give up on the app after this `duration` (502); fal itself waits 15s (with --inbox: per attempt, default 5m)")
 	f.tolerance = durationVar(fs, "tolerance", 5*time.Minute, "largest accepted `skew` between a delivery's timestamp and now")
 	f.shutdownTimeout = durationVar(fs, "shutdown-timeout", 30*time.Second, "on SIGINT/SIGTERM, wait this `duration` for deliveries in flight")
+	f.inbox.register(fs)
 	pos, code, ok := parseArgs(fs, args)
 	if !ok {
 		return nil, code, false
@@ -314,6 +369,9 @@ func parseListenFlags(e *env, args []string) (f *listenFlags, code int, ok bool)
 		}
 	}
 	f.adminHosts = hosts
+	if msg := checkInboxFlags(fs, f); msg != "" {
+		return fail("%s", msg)
+	}
 	return f, 0, true
 }
 
@@ -331,6 +389,7 @@ func (rc *receiver) verifierOptions(f *listenFlags, rdb *redis.Client, lg *liste
 		opts = append(opts, falwebhook.WithUserIDs(f.userIDs...))
 	}
 	switch {
+	case f.inbox.spec != "": // the inbox's unique job is the dedupe
 	case rdb != nil:
 		dd = &falwebhook.Dedupe{Store: redisdedupe.New(rdb), Logger: lg.slog}
 	case !f.noDedupe:
@@ -413,6 +472,8 @@ func (rc *receiver) describeSetup(ctx context.Context, f *listenFlags, warm *fal
 		if err := rc.ready.ping(ctx); err != nil {
 			info("warning: Redis at %s did not answer PING: %v (deliveries get 503 until it does)", rdb.Options().Addr, err)
 		}
+	case f.inbox.spec != "":
+		info("dedupe by the inbox: one job per request id, kept a day after it is forwarded; a repeat is answered 200 and not forwarded again")
 	case f.noDedupe:
 		info("dedupe off: a repeat of a delivery is handled again")
 	default:
@@ -428,6 +489,7 @@ func (rc *receiver) describeSetup(ctx context.Context, f *listenFlags, warm *fal
 type servers struct {
 	ln, adminLn net.Listener
 	admin       http.Handler
+	drain       func(context.Context) error // with --inbox: stops the forwarder
 }
 
 // serve serves rc on sv.ln, and the admin handler on sv.adminLn, until ctx
@@ -499,6 +561,11 @@ func serve(ctx context.Context, sv servers, rc *receiver, timeout time.Duration,
 	if dd != nil {
 		if err := dd.Shutdown(sctx); err != nil {
 			return fmt.Errorf("shutdown: dedupe bookkeeping unfinished: %w", err)
+		}
+	}
+	if sv.drain != nil {
+		if err := sv.drain(sctx); err != nil {
+			return fmt.Errorf("shutdown: %w", err)
 		}
 	}
 	lg.info("stopped")
@@ -773,6 +840,8 @@ func (rc *receiver) verdict(rec *record, userID string) string {
 		return "duplicate: already handled"
 	case rec.d.Outcome == "in_progress":
 		return "duplicate: still being handled; answered 409 so that fal retries"
+	case rec.queued != "":
+		return rec.queued
 	case !rec.forwarded:
 		return "accepted"
 	case rec.fwdErr != nil:
