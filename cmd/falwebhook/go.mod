@@ -44,9 +44,3 @@ require (
 	golang.org/x/sys v0.47.0 // indirect
 	google.golang.org/protobuf v1.36.12 // indirect
 )
-
-replace (
-	github.com/falwebhook/falwebhook => ../..
-	github.com/falwebhook/falwebhook/falotel => ../../falotel
-	github.com/falwebhook/falwebhook/redisdedupe => ../../redisdedupe
-)
