@@ -4,7 +4,7 @@
 //
 // Usage, from anywhere in the repository:
 //
-//	go run ./internal/release modules       # module directories, dependencies first
+//	go run ./internal/release modules       # module directories, dependencies first (-released, -paths)
 //	go run ./internal/release check         # checks the rules below; prints the version
 //	go run ./internal/release bump vX.Y.Z   # every requirement of the repository's modules to vX.Y.Z
 //	go run ./internal/release tags          # the tags a release pushes, in order
@@ -62,7 +62,8 @@ import (
 
 const usage = `usage: go run ./internal/release <command>
 
-	modules        module directories, dependencies first (-released: only the tagged ones)
+	modules        module directories, dependencies first
+	               (-released: only the tagged ones; -paths: module paths)
 	check          checks the release rules; prints the version the tree is released as
 	bump VERSION   sets every requirement of the repository's modules to VERSION
 	tags           the tags a release pushes, in the order to push them
@@ -84,6 +85,7 @@ func main() {
 func run(cmd string, args []string) error {
 	fl := flag.NewFlagSet(cmd, flag.ContinueOnError)
 	released := fl.Bool("released", false, "modules: only the modules that are tagged")
+	paths := fl.Bool("paths", false, "modules: module paths rather than directories")
 	if err := fl.Parse(args); err != nil {
 		return err
 	}
@@ -103,7 +105,11 @@ func run(cmd string, args []string) error {
 	switch {
 	case cmd == "modules" && len(args) == 0:
 		for _, m := range tree.mods {
-			if !*released || m.released() {
+			switch {
+			case *released && !m.released():
+			case *paths:
+				fmt.Println(m.path)
+			default:
 				fmt.Println(m.dir)
 			}
 		}
