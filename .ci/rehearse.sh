@@ -61,7 +61,7 @@ for p in "${paths[@]}"; do
 		*/internal/* | */internal) ;;
 		*) if [ "$name" = main ]; then cmds+=("$pkg"); else libs+=("$pkg"); fi ;;
 		esac
-	done < <(go list -f '{{.ImportPath}} {{.Name}}' "$p/...")
+	done < <(go list -e -f '{{.ImportPath}} {{.Name}}' "$p/..." 2>/dev/null)
 done
 # Every package is listed once per module prefix it falls under; keep one.
 mapfile -t libs < <(printf '%s\n' "${libs[@]}" | sort -u)
@@ -78,7 +78,7 @@ mapfile -t cmds < <(printf '%s\n' "${cmds[@]}" | sort -u)
 go mod tidy >/dev/null 2>&1 || { go mod tidy; exit 1; }
 go build -o /dev/null .
 go vet .
-say "a fresh module requiring $(grep -c "^	${paths[0]}" go.mod) of the modules at $version builds a program importing their ${#libs[@]} packages"
+say "a fresh module requiring $(grep -c "^	${paths[0]}" go.mod) library modules at $version builds and vets a program importing their ${#libs[@]} packages"
 
 # The commands, as a user installs them.
 cd "$work"
