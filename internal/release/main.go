@@ -378,7 +378,7 @@ func (t *tree) check() (string, error) {
 			case !ok:
 				fail("go.work: replaces %s, which is not a released module of the repository", r.Old.Path)
 			case r.Old.Version != v || r.New.Version != "" || path.Clean(filepath.ToSlash(r.New.Path)) != path.Clean(dir):
-				fail("go.work: replace %s %s => %s %s; want %s %s => %s", r.Old.Path, r.Old.Version, r.New.Path, r.New.Version, r.Old.Path, v, dir)
+				fail("go.work: replace %s %s => %s; want %s %s => %s", r.Old.Path, r.Old.Version, strings.TrimSpace(r.New.Path+" "+r.New.Version), r.Old.Path, v, dir)
 			}
 			delete(want, r.Old.Path)
 		}
@@ -449,9 +449,10 @@ func (t *tree) readWork() (*modfile.WorkFile, error) {
 }
 
 // validVersion reports whether v is a canonical semantic version with no
-// build metadata, as a tag names it; a pre-release (v1.2.0-rc.1) is valid.
+// build metadata, as a tag names it, and not a pseudo-version; a
+// pre-release (v1.2.0-rc.1) is valid.
 func validVersion(v string) bool {
-	return semver.IsValid(v) && semver.Canonical(v) == v && semver.Build(v) == ""
+	return semver.IsValid(v) && semver.Canonical(v) == v && semver.Build(v) == "" && !module.IsPseudoVersion(v)
 }
 
 // bump sets every requirement of the repository's modules to version v and
