@@ -2,6 +2,8 @@ package falwebhook
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -73,28 +75,47 @@ func TestParseEventKeysDoNotAllocate(t *testing.T) {
 	}
 }
 
-// TestVerifyRequestEventRequestID checks that the event's request id is the
-// body's, whether or not it matches the header (whose string is reused when
-// it does).
+// TestVerifyRequestEventRequestID checks that the body's request_id must
+// equal the signed header, compared as decoded JSON, and that the event's
+// request id is then that value (the header's string is reused when spelled
+// the same).
 func TestVerifyRequestEventRequestID(t *testing.T) {
 	s := faltest.SignerFromName("ids")
 	v := NewVerifier(WithKeys(StaticKeys(s.PublicKey())), WithClock(func() time.Time { return benchTime }))
-	for _, tt := range []struct{ header, bodyID, want string }{
-		{"r1", `"r1"`, "r1"},
-		{"r1", `"r2"`, "r2"},
-		{"r1", `"r\u0031"`, "r1"},
-		{`r\u0031`, `"r\u0031"`, "r1"},
-		{"r1", `"r1 "`, "r1 "},
-		{"ré", `"ré"`, "ré"},
+	for _, tt := range []struct {
+		header, bodyID string
+		ok             bool
+	}{
+		{"r1", `"r1"`, true},
+		{"r1", `"r\u0031"`, true},
+		{"ré", `"ré"`, true},
+		{"r1", `"r2"`, false},
+		{`r\u0031`, `"r\u0031"`, false},
+		{"r1", `"r1 "`, false},
+		{"r1", `"R1"`, false},
 	} {
 		body := []byte(`{"request_id":` + tt.bodyID + `,"status":"OK"}`)
-		r := s.NewRequest("/", faltest.Delivery{RequestID: tt.header, Time: benchTime, Body: body})
-		ev, err := v.VerifyRequest(r)
-		if err != nil {
-			t.Fatalf("header %q, body id %s: %v", tt.header, tt.bodyID, err)
-		}
-		if ev.RequestID != tt.want {
-			t.Errorf("header %q, body id %s: event request id %q, want %q", tt.header, tt.bodyID, ev.RequestID, tt.want)
+		for _, entry := range []string{"VerifyRequest", "Verify"} {
+			r := s.NewRequest("/", faltest.Delivery{RequestID: tt.header, Time: benchTime, Body: body})
+			var ev *Event
+			var err error
+			if entry == "Verify" {
+				ev, err = v.Verify(context.Background(), r.Header, body)
+			} else {
+				ev, err = v.VerifyRequest(r)
+			}
+			if !tt.ok {
+				if !errors.Is(err, ErrInvalidEvent) || StatusCode(err) != http.StatusBadRequest {
+					t.Errorf("%s: header %q, body id %s: got %v, want ErrInvalidEvent (400): the body names another request than the signed header", entry, tt.header, tt.bodyID, err)
+				}
+				continue
+			}
+			if err != nil {
+				t.Fatalf("%s: header %q, body id %s: %v", entry, tt.header, tt.bodyID, err)
+			}
+			if ev.RequestID != tt.header {
+				t.Errorf("%s: header %q, body id %s: event request id %q, want %q", entry, tt.header, tt.bodyID, ev.RequestID, tt.header)
+			}
 		}
 	}
 }
@@ -153,5 +174,55 @@ func TestReadBodyRecyclesChunks(t *testing.T) {
 	})
 	if allocs > 0 {
 		t.Errorf("%.1f allocations per pooled body read", allocs)
+	}
+}
+
+// TestMiddlewarePayloadNotReused checks that the event and the fresh body
+// the middleware hands on keep their bytes after later deliveries, of every
+// shape (in the head, one buffer by Content-Length, pooled chunks without
+// it): nothing they share is given back to a pool and written again.
+func TestMiddlewarePayloadNotReused(t *testing.T) {
+	s := faltest.SignerFromName("alias")
+	v := NewVerifier(WithKeys(StaticKeys(s.PublicKey())), WithClock(func() time.Time { return benchTime }))
+	type kept struct {
+		payload, body []byte
+		ev            *Event
+	}
+	var got kept
+	h := v.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ev, _ := EventFromContext(r.Context())
+		b, _ := io.ReadAll(r.Body)
+		got = kept{payload: ev.Payload, body: b, ev: ev}
+	}))
+	deliver := func(size int, fill byte, withLength bool) kept {
+		body := bytes.Replace(benchBody(size), []byte("x"), []byte{fill}, -1)
+		req := s.NewRequest("/", faltest.Delivery{RequestID: "bench-request", Time: benchTime, Body: body})
+		req.Body = io.NopCloser(bytes.NewReader(body))
+		req.ContentLength = -1
+		if withLength {
+			req.ContentLength = int64(len(body))
+		}
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, req)
+		if w.Code != http.StatusOK {
+			t.Fatalf("%d bytes: status %d", size, w.Code)
+		}
+		return got
+	}
+	for _, size := range []int{200, 1500, 2 << 10, 16 << 10, 100 << 10, 1 << 20} {
+		for _, withLength := range []bool{true, false} {
+			first := deliver(size, 'a', withLength)
+			want := append([]byte(nil), first.payload...)
+			for range 4 {
+				deliver(size, 'b', withLength)
+				deliver(size, 'c', !withLength)
+			}
+			if !bytes.Equal(first.payload, want) || bytes.IndexByte(first.ev.Payload, 'b') >= 0 || bytes.IndexByte(first.ev.Payload, 'c') >= 0 {
+				t.Errorf("%d bytes (Content-Length %v): the event's payload was overwritten by later deliveries", size, withLength)
+			}
+			if !bytes.Contains(first.ev.Payload, []byte("aaaa")) {
+				t.Errorf("%d bytes (Content-Length %v): the payload is not the delivery's", size, withLength)
+			}
+		}
 	}
 }

@@ -131,14 +131,16 @@ func (*rewindBody) Close() error { return nil }
 // dedupe (with a store) claims and completes every time, and the baseline
 // (without) verifies the very same signatures.
 func newMiddleware(b *testing.B, dedupe bool, n int) func() {
+	return newMiddlewareSize(b, 1<<10, dedupe, n)
+}
+
+// newMiddlewareSize is newMiddleware with a body of size bytes.
+func newMiddlewareSize(b *testing.B, size int, dedupe bool, n int) func() {
 	s := faltest.SignerFromName("bench-1")
-	body := benchBody(1 << 10)
+	body := benchBody(size)
 	opts := []Option{WithKeys(StaticKeys(s.PublicKey())), WithClock(func() time.Time { return benchTime })}
 	headers := []http.Header{{}}
 	s.Sign(faltest.Delivery{RequestID: "bench-request", Time: benchTime, Body: body}).Set(headers[0])
-	if dedupe {
-		opts = append(opts, WithDedupe(&Dedupe{}))
-	}
 	if n > 0 {
 		headers = make([]http.Header, n)
 		for i := range headers {
@@ -148,11 +150,15 @@ func newMiddleware(b *testing.B, dedupe bool, n int) func() {
 	}
 	v := NewVerifier(opts...)
 	read := 0
-	h := v.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	var next http.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		n, _ := io.Copy(io.Discard, r.Body)
 		read += int(n)
 		w.WriteHeader(http.StatusNoContent)
-	}))
+	})
+	if dedupe {
+		next = (&Dedupe{}).Middleware(next)
+	}
+	h := v.Middleware(next)
 	req := httptest.NewRequest(http.MethodPost, "/webhook", nil)
 	rb := &rewindBody{}
 	w := &benchWriter{h: http.Header{}}
@@ -238,6 +244,7 @@ func BenchmarkVerify1KiB3Keys(b *testing.B) { run(b, 1<<10, newVerify(b, 1<<10, 
 func BenchmarkFloor1MiB(b *testing.B)       { run(b, 1<<20, newFloor(b, 1<<20)) }
 func BenchmarkVerify1MiB(b *testing.B)      { run(b, 1<<20, newVerify(b, 1<<20, 1)) }
 func BenchmarkMiddleware(b *testing.B)      { run(b, 1<<10, newMiddleware(b, false, 0)) }
+func BenchmarkMiddleware1MiB(b *testing.B)  { run(b, 1<<20, newMiddlewareSize(b, 1<<20, false, 0)) }
 func BenchmarkMiddlewareDedupe(b *testing.B) {
 	run(b, 1<<10, newMiddleware(b, true, b.N+1))
 }
@@ -256,10 +263,14 @@ func BenchmarkRatioVerify1MiB(b *testing.B) {
 func BenchmarkRatioScan1MiB(b *testing.B) {
 	body := benchBody(1 << 20)
 	ratio(b, "x-floor", newFloor(b, 1<<20), func() {
-		if _, err := parseEvent(body, false); err != nil {
+		if _, err := parseEvent(body, false, ""); err != nil {
 			b.Fatal(err)
 		}
 	})
+}
+
+func BenchmarkRatioMiddleware1MiB(b *testing.B) {
+	ratio(b, "x-floor", newFloor(b, 1<<20), newMiddlewareSize(b, 1<<20, false, 0))
 }
 
 func BenchmarkRatioVerify3Keys(b *testing.B) {

@@ -25,7 +25,7 @@ import (
 func TestReadBodyExact(t *testing.T) {
 	const limit = 300 << 10
 	v := NewVerifier(WithMaxBodySize(limit))
-	sizes := []int{0, 1, 1023, 16<<10 - 1, 16 << 10, 16<<10 + 1, 48 << 10, 112<<10 + 5, 240 << 10, limit - 1, limit}
+	sizes := []int{0, 1, headSize - 1, headSize, headSize + 1, 1023, 2<<10 + 1, 3000, 16<<10 - 1, 16 << 10, 16<<10 + 1, 48 << 10, 112<<10 + 5, 240 << 10, limit - 1, limit}
 	for _, n := range sizes {
 		for _, withLength := range []bool{true, false} {
 			for _, slow := range []bool{false, true} {
@@ -47,8 +47,13 @@ func TestReadBodyExact(t *testing.T) {
 					if b.charged > limit+1 {
 						t.Errorf("buffers of %d bytes for a limit of %d", b.charged, limit)
 					}
-					if withLength && n < smallBody && b.charged != int64(n)+1 {
-						t.Errorf("a %d-byte body with Content-Length took %d bytes of buffer, want %d", n, b.charged, n+1)
+					switch {
+					case n < headSize && (b.charged != 0 || len(b.chunks) != 0):
+						t.Errorf("a %d-byte body took %d bytes of buffer in %d chunks, want none", n, b.charged, len(b.chunks))
+					case n >= headSize && withLength && (b.charged != int64(n)+1 || len(b.chunks) != 1):
+						t.Errorf("a %d-byte body with Content-Length took %d bytes of buffer in %d chunks, want %d in one", n, b.charged, len(b.chunks), n+1)
+					case b.charged > 4*max(b.n, headSize)+1:
+						t.Errorf("a %d-byte body took %d bytes of buffer, more than 4 times its bytes", n, b.charged)
 					}
 					if b.sum != sha256.Sum256(data) {
 						t.Error("wrong sha256")
@@ -119,8 +124,8 @@ func TestBodyBudget(t *testing.T) {
 	}
 	release := make(chan struct{})
 	errs := make(chan error, 4)
-	// Each held body is 200 KiB read into 16+32+64+128 KiB of buffers:
-	// 112 KiB small, 128 KiB large. Three fit under the large share (768
+	// Each held body is 200 KiB read into 2+4+...+64+128 KiB of buffers:
+	// 126 KiB small, 128 KiB large. Three fit under the large share (768
 	// KiB); the fourth's large buffer does not.
 	for i := range 4 {
 		h := newHeldBody(200<<10, release)
@@ -141,8 +146,8 @@ func TestBodyBudget(t *testing.T) {
 			t.Fatal("the fourth large body was read although the budget is used up")
 		}
 	}
-	if u := v.budget.used.Load(); u != 3*240<<10 {
-		t.Errorf("%d bytes charged for three held bodies, want %d", u, 3*240<<10)
+	if u := v.budget.used.Load(); u != 3*254<<10 {
+		t.Errorf("%d bytes charged for three held bodies, want %d", u, 3*254<<10)
 	}
 
 	// A small genuine delivery still gets through.

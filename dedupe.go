@@ -25,6 +25,12 @@ var (
 	// handler that held it may have run twice.
 	ErrClaimLost = errors.New("falwebhook: dedupe claim lost")
 
+	// ErrUnverifiedEvent is returned by Dedupe.Do for an event that Verify
+	// or VerifyRequest did not return, and answered 500 by Dedupe.Middleware
+	// for a request no Verifier's middleware checked: the dedupe layer must
+	// come after verification.
+	ErrUnverifiedEvent = errors.New("falwebhook: dedupe without verification")
+
 	// ErrDedupeStore is returned by Dedupe.Do, wrapping the store's error,
 	// when the request id could not be claimed: the store is down or full.
 	// The handler did not run; answer 503 so that fal retries.
@@ -52,10 +58,14 @@ const (
 )
 
 // A DedupeStore records which deliveries are being processed and which are
-// done, keyed by request id, for Dedupe. Its three operations must each be
+// done, for Dedupe. Each record is named by a key that Dedupe makes from the
+// delivery's signed user id and request id, so that another fal account's
+// delivery can never mark one of yours done: the length of the user id in
+// decimal, ":", the user id, ":", the request id (user "u-1" and request
+// "req-9" make "3:u-1:req-9"). Stores treat it as an opaque string. Its three operations must each be
 // atomic with respect to each other, also across processes when replicas
 // share the store. A store may be built on any database with a
-// compare-and-set: in SQL, a table (request_id primary key, token, done,
+// compare-and-set: in SQL, a table (key primary key, token, done,
 // expires_at) where Claim is an INSERT … ON CONFLICT DO UPDATE … WHERE
 // expires_at <= now, and Complete and Release are UPDATE and DELETE with
 // WHERE token = $token.
@@ -69,37 +79,38 @@ const (
 // Implementations: NewMemoryStore for one process, and the Redis store in
 // the module github.com/falwebhook/falwebhook/redisdedupe for replicas.
 type DedupeStore interface {
-	// Claim atomically looks up requestID. With no live record it creates
+	// Claim atomically looks up key. With no live record it creates
 	// an in-progress record with a fresh token that no other claim ever
 	// had, expiring after lease, and returns ClaimAcquired and the token.
 	// Otherwise it changes nothing and returns ClaimInProgress or
 	// ClaimCompleted.
-	Claim(ctx context.Context, requestID string, lease time.Duration) (state ClaimState, token string, err error)
+	Claim(ctx context.Context, key string, lease time.Duration) (state ClaimState, token string, err error)
 
-	// Complete records requestID as completed, expiring after ttl, when
+	// Complete records key as completed, expiring after ttl, when
 	// the claim with token still holds it or when it has no live record
 	// (the lease ran out and no one claimed it since; the work was done all
 	// the same), and returns nil when it was already completed under token.
 	// When another claim holds it or completed it, Complete changes nothing
 	// and returns an error wrapping ErrClaimLost.
-	Complete(ctx context.Context, requestID, token string, ttl time.Duration) error
+	Complete(ctx context.Context, key, token string, ttl time.Duration) error
 
-	// Release deletes requestID's record when the claim with token holds
+	// Release deletes key's record when the claim with token holds
 	// it, so that the next delivery is processed. It returns nil when the
 	// record is absent or expired, and an error wrapping ErrClaimLost,
 	// changing nothing, when another claim holds it or it is completed.
-	Release(ctx context.Context, requestID, token string) error
+	Release(ctx context.Context, key, token string) error
 }
 
-// Dedupe runs a handler once per request id, turning fal's at-least-once
-// delivery into exactly-once processing, also across replicas that share
-// its Store. Use it through WithDedupe (the one-line way, which places it
-// after verification), its Middleware behind a Verifier's, or Do from code
-// that does not use net/http middleware. Set the fields, then use it; they
+// Dedupe runs a handler once per delivery (a request id of a fal user),
+// turning fal's at-least-once delivery into exactly-once processing, also
+// across replicas that share its Store. It comes after verification, in one
+// of two shapes: its Middleware as the handler a Verifier's middleware
+// wraps, v.Middleware(d.Middleware(h)), or Do, around a function, with the
+// event from Verify or VerifyRequest. Set the fields, then use it; they
 // must not change after first use. A zero field means its default.
 //
-// For each verified delivery it claims the request id (the signed
-// X-Fal-Webhook-Request-Id) in the store:
+// For each verified delivery it claims the signed user id and request id
+// (X-Fal-Webhook-User-Id and X-Fal-Webhook-Request-Id) in the store:
 //
 //   - already completed: the handler does not run; the answer is 200 with
 //     HeaderDuplicate "completed";
@@ -161,8 +172,9 @@ type Dedupe struct {
 	// runs the handler.
 	FailOpen bool
 
-	// Logger receives duplicates and store failures (default: the
-	// Verifier's logger with WithDedupe, otherwise no logging).
+	// Logger receives duplicates and store failures (default: the logger
+	// of the Verifier whose middleware wraps Middleware directly, otherwise
+	// no logging).
 	Logger *slog.Logger
 
 	// Clock returns the current time (default time.Now). It times leases
@@ -216,54 +228,69 @@ func (d *Dedupe) ttl() time.Duration {
 	return d.TTL
 }
 
-// WithDedupe makes the Verifier's middleware run the handler once per
-// request id, with d placed after verification so the order cannot be
-// wrong. See Dedupe. Responses the dedupe layer writes itself do not go
-// through the handler set by WithErrorHandler. A nil d turns dedupe off.
-//
-//	v := falwebhook.NewVerifier(falwebhook.WithDedupe(&falwebhook.Dedupe{}))  // in memory
-func WithDedupe(d *Dedupe) Option {
-	return func(v *Verifier) { v.dedupe = d }
-}
-
-// Do runs fn at most once per request id, as described at Dedupe, for code
+// Do runs fn at most once per delivery, as described at Dedupe, for code
 // that does not use net/http middleware (gin, echo or fiber handlers, AWS
-// Lambda). Call it only with the request id of a verified delivery
-// (Event.RequestID from Verify or VerifyRequest).
+// Lambda). ev must come from Verify or VerifyRequest, which set its UserID
+// and RequestID from the signed headers; an event without a UserID (from
+// ParseEvent) is refused with an error wrapping ErrUnverifiedEvent, and fn
+// does not run.
 //
 // It reports what happened: ClaimAcquired when fn ran (the error is fn's),
 // ClaimCompleted or ClaimInProgress when it did not (answer 200, or 409 so
 // that fal retries later), and 0 with an error wrapping ErrDedupeStore when
 // the store failed (answer 503: StatusCode and WriteError do). fn receives
 // ctx.
-func (d *Dedupe) Do(ctx context.Context, requestID string, fn func(ctx context.Context) error) (ClaimState, error) {
-	return d.do(ctx, requestID, fn, doHooks{}, d.Logger)
+func (d *Dedupe) Do(ctx context.Context, ev *Event, fn func(ctx context.Context) error) (ClaimState, error) {
+	if ev == nil || ev.UserID == "" || ev.RequestID == "" {
+		return 0, fmt.Errorf("%w: Dedupe.Do needs the event Verify or VerifyRequest returned", ErrUnverifiedEvent)
+	}
+	return d.do(ctx, dedupeKey(ev.UserID, ev.RequestID), ev.RequestID, fn, doHooks{}, d.Logger)
 }
 
-// Middleware returns a handler that runs next once per request id (the
-// signed X-Fal-Webhook-Request-Id), reading the verified delivery from the
-// request context. It must sit behind a Verifier's Middleware:
+// dedupeKey names a delivery in a DedupeStore; see DedupeStore.
+func dedupeKey(userID, requestID string) string {
+	return strconv.Itoa(len(userID)) + ":" + userID + ":" + requestID
+}
+
+// Middleware returns a handler that runs next once per delivery (the
+// signed X-Fal-Webhook-User-Id and X-Fal-Webhook-Request-Id), reading the
+// verified delivery from the request context. It must sit behind a
+// Verifier's Middleware:
 //
 //	v.Middleware(d.Middleware(handler))
 //
-// Without a verified event in the context it refuses loudly, answering 500
-// and logging at Error level (to slog.Default when Logger is nil), and never
-// runs next.
+// Wrapped directly like that, the Verifier's Observer is told the claim's
+// outcome ("duplicate", "in_progress", "store_error") and the Verifier's
+// logger is the default Logger. Without a verified event in the context it
+// refuses loudly, answering 500 and logging at Error level (to
+// slog.Default when Logger is nil), and never runs next.
 func (d *Dedupe) Middleware(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		id, ok := verifiedRequestID(r.Context())
-		if !ok {
+	return &dedupeHandler{d: d, next: next}
+}
+
+// dedupeHandler is Dedupe.Middleware's handler. A Verifier's middleware
+// wrapping one directly runs it with its observer and logger.
+type dedupeHandler struct {
+	d    *Dedupe
+	next http.Handler
+}
+
+func (h *dedupeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	d, next := h.d, h.next
+	{
+		vd, ok := r.Context().Value(eventKey).(*verified)
+		if !ok || vd.ev == nil {
 			l := d.Logger
 			if l == nil {
 				l = slog.Default()
 			}
-			l.ErrorContext(r.Context(), "falwebhook: Dedupe.Middleware got a request that no Verifier checked; refusing it (wrap it in Verifier.Middleware, or use WithDedupe)",
+			l.ErrorContext(r.Context(), "falwebhook: Dedupe.Middleware got a request that no Verifier checked; refusing it (wrap it in Verifier.Middleware)",
 				slog.String("path", r.URL.Path), slog.String("remote", r.RemoteAddr))
-			write(w, 0, errors.New("unverified"))
+			write(w, 0, ErrUnverifiedEvent)
 			return
 		}
-		d.serve(w, r, id, next, nil, nil)
-	})
+		d.serve(w, r, vd, next, nil, nil)
+	}
 }
 
 // Shutdown waits until the background bookkeeping of deliveries already
@@ -285,7 +312,7 @@ func (d *Dedupe) Shutdown(ctx context.Context) error {
 
 // serve is the middleware of d, with logger as the default logger; claimed,
 // if not nil, is told the claim's outcome before the handler runs.
-func (d *Dedupe) serve(w http.ResponseWriter, r *http.Request, id string, next http.Handler, logger *slog.Logger, claimed func(ClaimState, error)) {
+func (d *Dedupe) serve(w http.ResponseWriter, r *http.Request, vd *verified, next http.Handler, logger *slog.Logger, claimed func(ClaimState, error)) {
 	if d.Logger != nil {
 		logger = d.Logger
 	}
@@ -300,7 +327,7 @@ func (d *Dedupe) serve(w http.ResponseWriter, r *http.Request, id string, next h
 	// Send the handler's answer before the bookkeeping, so that a slow
 	// store never holds up fal.
 	answered := func() { _ = http.NewResponseController(sw).Flush() }
-	state, err := d.do(r.Context(), id, run, doHooks{claimed: claimed, answered: answered}, logger)
+	state, err := d.do(r.Context(), dedupeKey(vd.userID, vd.requestID), vd.requestID, run, doHooks{claimed: claimed, answered: answered}, logger)
 	if state == ClaimCompleted || state == ClaimInProgress || state == 0 && err != nil {
 		write(w, state, err)
 	}
@@ -312,13 +339,14 @@ type doHooks struct {
 	answered func()                  // fn has returned; the bookkeeping follows
 }
 
-// do is Do, calling hooks and logging to logger.
-func (d *Dedupe) do(ctx context.Context, id string, fn func(context.Context) error, hooks doHooks, logger *slog.Logger) (ClaimState, error) {
+// do is Do for the delivery named key in the store, with request id id,
+// calling hooks and logging to logger.
+func (d *Dedupe) do(ctx context.Context, key, id string, fn func(context.Context) error, hooks doHooks, logger *slog.Logger) (ClaimState, error) {
 	d.setup()
 	lg := dedupeLog{l: logger, ctx: ctx, id: id}
 	lease := d.lease()
 	start := d.now()
-	state, token, err := d.store.Claim(ctx, id, lease)
+	state, token, err := d.store.Claim(ctx, key, lease)
 	if err == nil && state != ClaimAcquired && state != ClaimInProgress && state != ClaimCompleted {
 		err = fmt.Errorf("claim returned state %d", state)
 	}
@@ -352,7 +380,7 @@ func (d *Dedupe) do(ctx context.Context, id string, fn func(context.Context) err
 		return state, nil
 	}
 
-	c := claim{d: d, id: id, token: token, deadline: start.Add(lease - lease/10), log: lg}
+	c := claim{d: d, key: key, token: token, deadline: start.Add(lease - lease/10), log: lg}
 	defer func() {
 		if c.outcome == "" { // fn panicked or called runtime.Goexit
 			c.outcome = "the handler panicked"
@@ -376,11 +404,11 @@ func (d *Dedupe) do(ctx context.Context, id string, fn func(context.Context) err
 
 // claim is one acquired claim whose bookkeeping is pending.
 type claim struct {
-	d         *Dedupe
-	id, token string
-	deadline  time.Time // by d's clock: retry the bookkeeping until then
-	outcome   string    // why it is completed or released, for logs
-	log       dedupeLog
+	d          *Dedupe
+	key, token string
+	deadline   time.Time // by d's clock: retry the bookkeeping until then
+	outcome    string    // why it is completed or released, for logs
+	log        dedupeLog
 }
 
 // finish completes the claim (ok) or releases it. A first attempt runs now;
@@ -420,9 +448,9 @@ func (c *claim) attempt(ctx context.Context, ok bool, retry int) (over bool) {
 	op := "release"
 	if ok {
 		op = "complete"
-		err = c.d.store.Complete(ctx, c.id, c.token, c.d.ttl())
+		err = c.d.store.Complete(ctx, c.key, c.token, c.d.ttl())
 	} else {
-		err = c.d.store.Release(ctx, c.id, c.token)
+		err = c.d.store.Release(ctx, c.key, c.token)
 	}
 	after := ""
 	if retry > 0 {

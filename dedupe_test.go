@@ -74,15 +74,14 @@ func newDedupeFixture(t *testing.T, store DedupeStore, configure ...func(*Dedupe
 		WithKeys(StaticKeys(f.signer.PublicKey())),
 		WithClock(f.clock.Now),
 		WithLogger(slog.New(slog.NewTextHandler(f.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))),
-		WithDedupe(f.d),
 	)
-	f.h = v.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	f.h = v.Middleware(f.d.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		n := f.calls.Add(1)
 		if _, ok := EventFromContext(r.Context()); !ok {
 			t.Error("the handler got no event")
 		}
 		f.handle(n, w, r)
-	}))
+	})))
 	return f
 }
 
@@ -397,24 +396,21 @@ func TestDedupeTTL(t *testing.T) {
 
 func TestDedupeUsesSignedHeaderID(t *testing.T) {
 	f := newDedupeFixture(t, nil)
-	body := faltest.OKBody("body-id", nil)
-	send := func() *httptest.ResponseRecorder {
-		req := f.signer.NewRequest("/", faltest.Delivery{RequestID: "header-id", Time: f.clock.Now(), Body: body})
-		w := httptest.NewRecorder()
-		f.h.ServeHTTP(w, req)
-		return w
-	}
-	send()
-	f.wantStatus(send(), http.StatusOK, "completed")
-	mustClaim(t, f.store, "header-id", time.Minute, ClaimCompleted)
-	mustClaim(t, f.store, "body-id", time.Minute, ClaimAcquired)
+	// A body naming another request than the signed header never reaches
+	// the dedupe layer.
+	req := f.signer.NewRequest("/", faltest.Delivery{RequestID: "header-id", Time: f.clock.Now(), Body: faltest.OKBody("body-id", nil)})
+	w := httptest.NewRecorder()
+	f.h.ServeHTTP(w, req)
+	f.wantStatus(w, http.StatusBadRequest, "")
+	f.wantCalls(0)
+	mustClaim(t, f.store, dedupeKey(faltest.DefaultUserID, "header-id"), time.Minute, ClaimAcquired)
 
 	// A header map built by hand with a non-canonical key.
-	req := f.signer.NewRequest("/", faltest.Delivery{RequestID: "lower-id", Time: f.clock.Now(), Body: body})
+	req = f.signer.NewRequest("/", faltest.Delivery{RequestID: "lower-id", Time: f.clock.Now(), Body: faltest.OKBody("lower-id", nil)})
 	delete(req.Header, HeaderRequestID)
 	req.Header["x-fal-webhook-request-id"] = []string{"lower-id"}
 	f.h.ServeHTTP(httptest.NewRecorder(), req)
-	mustClaim(t, f.store, "lower-id", time.Minute, ClaimCompleted)
+	mustClaim(t, f.store, dedupeKey(faltest.DefaultUserID, "lower-id"), time.Minute, ClaimCompleted)
 }
 
 func TestDedupeKeepsFlusher(t *testing.T) {
@@ -540,7 +536,7 @@ func TestDedupeCompleteErrorKeepsClaim(t *testing.T) {
 		t.Errorf("Complete tried %d times, want retries with backoff", store.calls)
 	}
 	f.clock.Advance(start.Sub(f.clock.Now())) // back inside the lease
-	mustClaim(t, store.memoryStore, "req-1", time.Minute, ClaimInProgress)
+	mustClaim(t, store.memoryStore, dedupeKey(faltest.DefaultUserID, "req-1"), time.Minute, ClaimInProgress)
 }
 
 // TestDedupeCompleteRetriedThroughAnOutage checks that a store outage
@@ -646,7 +642,7 @@ func TestDedupeClientGoneStillCompletes(t *testing.T) {
 		w.WriteHeader(http.StatusNoContent)
 	}
 	f.h.ServeHTTP(httptest.NewRecorder(), req.WithContext(ctx))
-	mustClaim(t, f.store, "req-1", time.Minute, ClaimCompleted)
+	mustClaim(t, f.store, dedupeKey(faltest.DefaultUserID, "req-1"), time.Minute, ClaimCompleted)
 }
 
 func TestDedupeClientGoneBeforeClaim(t *testing.T) {
@@ -664,14 +660,6 @@ func TestDedupeClientGoneBeforeClaim(t *testing.T) {
 	f.wantStatus(f.deliver("req-1"), http.StatusNoContent, "")
 }
 
-func TestWithDedupeNilDisables(t *testing.T) {
-	s := faltest.SignerFromName("dedupe")
-	v := NewVerifier(WithKeys(StaticKeys(s.PublicKey())), WithDedupe(&Dedupe{}), WithDedupe(nil))
-	if v.dedupe != nil {
-		t.Fatal("WithDedupe(nil) left dedupe on")
-	}
-}
-
 func TestDedupeDefaults(t *testing.T) {
 	d := &Dedupe{Lease: -1}
 	if d.lease() != 2*time.Minute || d.ttl() != 24*time.Hour {
@@ -679,7 +667,7 @@ func TestDedupeDefaults(t *testing.T) {
 	}
 	// The zero Dedupe works, in memory.
 	for i, want := range []ClaimState{ClaimAcquired, ClaimCompleted} {
-		state, err := d.Do(context.Background(), "req-1", func(context.Context) error { return nil })
+		state, err := d.Do(context.Background(), doEvent("req-1"), func(context.Context) error { return nil })
 		if state != want || err != nil {
 			t.Fatalf("call %d: %d, %v; want %d", i, state, err, want)
 		}
@@ -730,13 +718,13 @@ func TestDedupeDo(t *testing.T) {
 	boom := errors.New("boom")
 	fail := func(context.Context) error { runs++; return boom }
 
-	if state, err := d.Do(ctx, "a", fail); state != ClaimAcquired || !errors.Is(err, boom) {
+	if state, err := d.Do(ctx, doEvent("a"), fail); state != ClaimAcquired || !errors.Is(err, boom) {
 		t.Fatalf("failing fn: %d, %v", state, err)
 	}
-	if state, err := d.Do(ctx, "a", ok); state != ClaimAcquired || err != nil {
+	if state, err := d.Do(ctx, doEvent("a"), ok); state != ClaimAcquired || err != nil {
 		t.Fatalf("retry after a failure: %d, %v; want it to run", state, err)
 	}
-	if state, err := d.Do(ctx, "a", ok); state != ClaimCompleted || err != nil || StatusCode(err) != http.StatusOK {
+	if state, err := d.Do(ctx, doEvent("a"), ok); state != ClaimCompleted || err != nil || StatusCode(err) != http.StatusOK {
 		t.Fatalf("duplicate: %d, %v", state, err)
 	}
 	if runs != 2 {
@@ -745,8 +733,8 @@ func TestDedupeDo(t *testing.T) {
 
 	// In progress: fn holds the claim while another copy arrives.
 	inner := ClaimState(-1)
-	_, _ = d.Do(ctx, "b", func(ctx context.Context) error {
-		inner, _ = d.Do(ctx, "b", ok)
+	_, _ = d.Do(ctx, doEvent("b"), func(ctx context.Context) error {
+		inner, _ = d.Do(ctx, doEvent("b"), ok)
 		return nil
 	})
 	if inner != ClaimInProgress {
@@ -756,12 +744,12 @@ func TestDedupeDo(t *testing.T) {
 	// The store fails: fn does not run; the answer is 503.
 	store.claimErr = errStoreDown
 	runs = 0
-	state, err := d.Do(ctx, "c", ok)
+	state, err := d.Do(ctx, doEvent("c"), ok)
 	if state != 0 || !errors.Is(err, ErrDedupeStore) || !errors.Is(err, errStoreDown) || StatusCode(err) != http.StatusServiceUnavailable || runs != 0 {
 		t.Fatalf("store down: %d, %v (status %d), ran %d", state, err, StatusCode(err), runs)
 	}
 	d2 := &Dedupe{Store: store, FailOpen: true}
-	if state, err := d2.Do(ctx, "c", ok); state != ClaimAcquired || err != nil || runs != 1 {
+	if state, err := d2.Do(ctx, doEvent("c"), ok); state != ClaimAcquired || err != nil || runs != 1 {
 		t.Fatalf("store down, fail open: %d, %v, ran %d", state, err, runs)
 	}
 }
@@ -771,9 +759,9 @@ func TestDedupePanicInDoReleases(t *testing.T) {
 	d := &Dedupe{}
 	func() {
 		defer func() { _ = recover() }()
-		_, _ = d.Do(context.Background(), "a", func(context.Context) error { panic("bug") })
+		_, _ = d.Do(context.Background(), doEvent("a"), func(context.Context) error { panic("bug") })
 	}()
-	if state, _ := d.Do(context.Background(), "a", func(context.Context) error { return nil }); state != ClaimAcquired {
+	if state, _ := d.Do(context.Background(), doEvent("a"), func(context.Context) error { return nil }); state != ClaimAcquired {
 		t.Fatalf("after a panic: %d, want the claim released and acquired again", state)
 	}
 }
@@ -788,8 +776,8 @@ func BenchmarkMiddlewareDuplicate(b *testing.B) {
 	s := faltest.SignerFromName("bench-1")
 	at := time.Unix(1_700_000_000, 0)
 	body := faltest.OKBody("bench-request", nil)
-	v := NewVerifier(WithKeys(StaticKeys(s.PublicKey())), WithClock(func() time.Time { return at }), WithDedupe(&Dedupe{}))
-	h := v.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNoContent) }))
+	v := NewVerifier(WithKeys(StaticKeys(s.PublicKey())), WithClock(func() time.Time { return at }))
+	h := v.Middleware((&Dedupe{}).Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNoContent) })))
 	req := s.NewRequest("/webhook", faltest.Delivery{RequestID: "bench-request", Time: at, Body: body})
 	rb := &rewindBody{}
 	b.ReportAllocs()
@@ -812,9 +800,9 @@ func BenchmarkMiddlewareDuplicate(b *testing.B) {
 func BenchmarkDedupeOverhead(b *testing.B) {
 	d := &Dedupe{}
 	next := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNoContent) })
-	ids := make([]string, b.N)
+	ids := make([]verified, b.N)
 	for i := range ids {
-		ids[i] = fmt.Sprintf("bench-%08d", i)
+		ids[i] = verified{ev: &Event{}, requestID: fmt.Sprintf("bench-%08d", i), userID: "bench-user"}
 	}
 	req := httptest.NewRequest(http.MethodPost, "/webhook", nil)
 	w := &benchWriter{h: http.Header{}}
@@ -822,9 +810,51 @@ func BenchmarkDedupeOverhead(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		w.code = 0
-		d.serve(w, req, ids[i], next, nil, nil)
+		d.serve(w, req, &ids[i], next, nil, nil)
 		if w.code != http.StatusNoContent {
 			b.Fatalf("status %d, want 204", w.code)
 		}
+	}
+}
+
+// doEvent returns a verified-looking event of request id for Dedupe.Do.
+func doEvent(id string) *Event {
+	return &Event{RequestID: id, UserID: faltest.DefaultUserID, Status: StatusOK}
+}
+
+// TestDedupeKeyedByUser checks that the claim names the user as well as the
+// request id: another fal account's delivery with the same request id
+// neither finds ours done nor marks it done.
+func TestDedupeKeyedByUser(t *testing.T) {
+	f := newDedupeFixture(t, nil)
+	send := func(user string) *httptest.ResponseRecorder {
+		req := f.signer.NewRequest("/", faltest.Delivery{RequestID: "req-1", UserID: user, Time: f.clock.Now(), Body: faltest.OKBody("req-1", nil)})
+		w := httptest.NewRecorder()
+		f.h.ServeHTTP(w, req)
+		f.settle()
+		return w
+	}
+	f.wantStatus(send("theirs"), http.StatusNoContent, "")
+	f.wantStatus(send("mine"), http.StatusNoContent, "")
+	f.wantStatus(send("mine"), http.StatusOK, "completed")
+	f.wantCalls(2)
+	mustClaim(t, f.store, dedupeKey("mine", "req-1"), time.Minute, ClaimCompleted)
+	mustClaim(t, f.store, dedupeKey("theirs", "req-1"), time.Minute, ClaimCompleted)
+	mustClaim(t, f.store, "req-1", time.Minute, ClaimAcquired)
+
+	// The key cannot be confused by a separator inside an id.
+	if dedupeKey("a:b", "c") == dedupeKey("a", "b:c") {
+		t.Error("user a:b request c and user a request b:c share a key")
+	}
+	if got := dedupeKey("u-1", "req-9"); got != "3:u-1:req-9" {
+		t.Errorf("dedupeKey = %q, want the documented 3:u-1:req-9", got)
+	}
+
+	// Do refuses an event that no Verifier returned.
+	d := &Dedupe{}
+	ran := false
+	state, err := d.Do(context.Background(), &Event{RequestID: "req-1", Status: StatusOK}, func(context.Context) error { ran = true; return nil })
+	if ran || state != 0 || !errors.Is(err, ErrUnverifiedEvent) {
+		t.Errorf("Do with an unverified event: ran %v, %d, %v; want not run, ErrUnverifiedEvent", ran, state, err)
 	}
 }

@@ -172,20 +172,21 @@ func ExampleStatusCode() {
 	// keys unavailable: 503 cannot verify now, fal will retry
 }
 
-// Running a handler once per request id, turning fal's at-least-once
+// Running a handler once per delivery, turning fal's at-least-once
 // delivery into exactly-once processing. Here in memory; use the Redis store
 // (module github.com/falwebhook/falwebhook/redisdedupe) across replicas.
-func ExampleWithDedupe() {
+func ExampleDedupe_Middleware() {
 	fal := faltest.SignerFromName("example") // stands in for fal.ai
 	now := time.Date(2026, 1, 15, 12, 0, 0, 0, time.UTC)
 	v := falwebhook.NewVerifier(
 		falwebhook.WithKeys(falwebhook.StaticKeys(fal.PublicKey())),
 		falwebhook.WithClock(func() time.Time { return now }),
-		falwebhook.WithDedupe(&falwebhook.Dedupe{}),
 	)
-	h := v.Handler(func(w http.ResponseWriter, r *http.Request, ev *falwebhook.Event) {
+	d := &falwebhook.Dedupe{}
+	h := v.Middleware(d.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ev, _ := falwebhook.EventFromContext(r.Context())
 		fmt.Println("processing", ev.RequestID)
-	})
+	})))
 
 	body := faltest.OKBody("req-1", nil)
 	for range 2 { // fal retries: the same request, freshly signed
@@ -202,25 +203,32 @@ func ExampleWithDedupe() {
 // The function form of dedupe, for code that answers fal itself: a gin,
 // echo or fiber handler, or AWS Lambda.
 func ExampleDedupe_Do() {
+	fal := faltest.SignerFromName("example") // stands in for fal.ai
+	now := time.Date(2026, 1, 15, 12, 0, 0, 0, time.UTC)
+	v := falwebhook.NewVerifier(
+		falwebhook.WithKeys(falwebhook.StaticKeys(fal.PublicKey())),
+		falwebhook.WithClock(func() time.Time { return now }),
+	)
 	d := &falwebhook.Dedupe{} // in memory
 	process := func(ctx context.Context) error {
 		fmt.Println("processing")
 		return nil
 	}
-	for range 2 {
-		// ev.RequestID of a verified event (Verify or VerifyRequest).
-		state, err := d.Do(context.Background(), "req-1", process)
-		switch {
-		case err != nil:
-			fmt.Println("answer", falwebhook.StatusCode(err)) // 503 when the store failed
-		case state == falwebhook.ClaimInProgress:
-			fmt.Println("answer 409") // fal retries later
-		default:
-			fmt.Println("answer 200, ran:", state == falwebhook.ClaimAcquired)
+	body := faltest.OKBody("req-1", nil)
+	for range 2 { // fal retries: the same request, freshly signed
+		h := http.Header{}
+		fal.Sign(faltest.Delivery{Time: now, Body: body}).Set(h)
+		ev, err := v.Verify(context.Background(), h, body)
+		if err != nil {
+			fmt.Println("answer", falwebhook.StatusCode(err))
+			continue
 		}
+		state, err := d.Do(context.Background(), ev, process)
+		status, _ := falwebhook.Answer(state, err) // 409 in progress, 503 store down
+		fmt.Println("answer", status, "ran:", state == falwebhook.ClaimAcquired)
 	}
 	// Output:
 	// processing
-	// answer 200, ran: true
-	// answer 200, ran: false
+	// answer 200 ran: true
+	// answer 200 ran: false
 }

@@ -57,7 +57,7 @@ func WithErrorHandler(f func(w http.ResponseWriter, r *http.Request, err error))
 //	ErrTimestampOutOfRange, ErrSignatureMismatch   401 Unauthorized
 //	ErrUnexpectedUser                              403 Forbidden
 //	ErrKeysUnavailable, ErrNoUsableKeys,
-//	ErrOverloaded, ErrDedupeStore                  503 Service Unavailable
+//	ErrOverloaded, ErrDedupeStore, ErrNoUserIDs    503 Service Unavailable
 //	anything else                                  500 Internal Server Error
 //
 // 503 asks fal to retry later: the delivery may be genuine but cannot be
@@ -67,7 +67,8 @@ func StatusCode(err error) int {
 	switch {
 	case err == nil:
 		return http.StatusOK
-	case errors.Is(err, ErrKeysUnavailable), errors.Is(err, ErrNoUsableKeys), errors.Is(err, ErrDedupeStore), errors.Is(err, ErrOverloaded):
+	case errors.Is(err, ErrKeysUnavailable), errors.Is(err, ErrNoUsableKeys), errors.Is(err, ErrDedupeStore), errors.Is(err, ErrOverloaded),
+		errors.Is(err, ErrNoUserIDs):
 		return http.StatusServiceUnavailable
 	case errors.Is(err, ErrMethodNotAllowed):
 		return http.StatusMethodNotAllowed
@@ -153,6 +154,7 @@ var eventKey = &contextKey{"falwebhook event"}
 type verified struct {
 	ev        *Event
 	requestID string // the signed X-Fal-Webhook-Request-Id, which dedupe keys on
+	userID    string // the signed X-Fal-Webhook-User-Id, which dedupe keys on
 }
 
 // EventFromContext returns the verified event the middleware stored in ctx,
@@ -166,18 +168,12 @@ func EventFromContext(ctx context.Context) (*Event, bool) {
 	return vd.ev, true
 }
 
-// verifiedRequestID returns the request id header of the verified delivery
-// in ctx, and whether there was one.
-func verifiedRequestID(ctx context.Context) (string, bool) {
-	vd, ok := ctx.Value(eventKey).(*verified)
-	if !ok || vd.ev == nil {
-		return "", false
-	}
-	return vd.requestID, true
-}
-
 func newContext(ctx context.Context, ev *Event, requestID string) context.Context {
-	return (&verified{ev: ev, requestID: requestID}).context(ctx)
+	vd := &verified{ev: ev, requestID: requestID}
+	if ev != nil {
+		vd.userID = ev.UserID
+	}
+	return vd.context(ctx)
 }
 
 // context returns ctx carrying vd.
@@ -246,17 +242,22 @@ func (v *Verifier) VerifyRequest(r *http.Request) (*Event, error) {
 // whole verified delivery. With w, the body's read deadline is set.
 func (v *Verifier) verifyRequest(w http.ResponseWriter, r *http.Request) (*received, error) {
 	if r.Method != http.MethodPost {
+		closeUnread(w, r)
 		return nil, fmt.Errorf("%w: %s", ErrMethodNotAllowed, r.Method)
 	}
 	hs, err := v.checkHeaders(r.Header)
 	if err != nil {
+		closeUnread(w, r)
 		return nil, err
 	}
 	var rc *http.ResponseController
+	serverTimeout := serverReadTimeout(r)
 	if w != nil {
-		rc = http.NewResponseController(w)
-		if rc.SetReadDeadline(time.Now().Add(v.readTimeout)) != nil {
-			rc = nil // not supported by this writer
+		if d, ok := readDeadline(time.Now(), v.readTimeout, serverTimeout); ok {
+			rc = http.NewResponseController(w)
+			if rc.SetReadDeadline(d) != nil {
+				rc = nil // not supported by this writer
+			}
 		}
 	}
 	d := &received{hs: hs}
@@ -266,8 +267,10 @@ func (v *Verifier) verifyRequest(w http.ResponseWriter, r *http.Request) (*recei
 		b.free(v)
 		return nil, err
 	}
-	if rc != nil {
-		_ = rc.SetReadDeadline(time.Time{}) // the body is in; the handler may take its time
+	if rc != nil && serverTimeout == 0 {
+		// The body is in; the handler may take its time. Under a server's
+		// ReadTimeout the deadline stays, earlier than the server's own.
+		_ = rc.SetReadDeadline(time.Time{})
 	}
 	if err := v.verifySignature(r.Context(), &d.hs, &b.sum); err != nil {
 		b.free(v)
@@ -283,8 +286,44 @@ func (v *Verifier) verifyRequest(w http.ResponseWriter, r *http.Request) (*recei
 	if err := d.ev.parse(body, false, d.hs.RequestID); err != nil {
 		return nil, err
 	}
-	d.vd = verified{ev: &d.ev, requestID: d.hs.RequestID}
+	d.ev.UserID = d.hs.UserID
+	d.vd = verified{ev: &d.ev, requestID: d.hs.RequestID, userID: d.hs.UserID}
 	return d, nil
+}
+
+// serverReadTimeout returns the ReadTimeout of the http.Server serving r,
+// or 0 when it has none or r did not come from one.
+func serverReadTimeout(r *http.Request) time.Duration {
+	if srv, ok := r.Context().Value(http.ServerContextKey).(*http.Server); ok && srv.ReadTimeout > 0 {
+		return srv.ReadTimeout
+	}
+	return 0
+}
+
+// readDeadline returns the read deadline for a body whose read starts at
+// now, under the middleware's timeout and the server's ReadTimeout (0:
+// none), and whether to set it. The server counts its ReadTimeout from when
+// it began reading the request, at or before now, so its deadline is at
+// most now+server: when server is no longer than ours, the server's
+// deadline, already set, comes first and is left alone. Otherwise ours is
+// earlier, except for a request that took longer than server-ours to reach
+// the middleware.
+func readDeadline(now time.Time, ours, server time.Duration) (time.Time, bool) {
+	if server > 0 && server <= ours {
+		return time.Time{}, false
+	}
+	return now.Add(ours), true
+}
+
+// closeUnread makes the answer to an HTTP/1 request refused before its
+// body was read close the connection, and ends the read now, so that the
+// server does not wait to drain a body that may never come. HTTP/2 resets
+// the stream by itself.
+func closeUnread(w http.ResponseWriter, r *http.Request) {
+	if w != nil && r.ProtoMajor < 2 && r.Body != nil && r.Body != http.NoBody {
+		w.Header().Set("Connection", "close")
+		_ = http.NewResponseController(w).SetReadDeadline(time.Now())
+	}
 }
 
 // Middleware returns a handler that passes only genuine fal deliveries to
@@ -297,8 +336,8 @@ func (v *Verifier) verifyRequest(w http.ResponseWriter, r *http.Request) (*recei
 // (see EventFromContext) and a fresh body holding the same bytes. A request
 // that is not POST, too large, forged, malformed, or not a fal event never
 // reaches next: the middleware answers as WriteError does, or calls the
-// handler set by WithErrorHandler. With WithDedupe, next runs once per
-// request id.
+// handler set by WithErrorHandler. With next from Dedupe.Middleware, next
+// runs once per delivery.
 func (v *Verifier) Middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := v.startTimer()
@@ -308,9 +347,9 @@ func (v *Verifier) Middleware(next http.Handler) http.Handler {
 			v.reject(w, r, err)
 			return
 		}
-		id := d.vd.requestID
 		r = r.WithContext(d.vd.context(r.Context()))
-		if v.dedupe == nil {
+		dh, ok := next.(*dedupeHandler)
+		if !ok {
 			v.observe(r.Context(), r.Header, start, "accepted", nil, 0)
 			next.ServeHTTP(w, r)
 			return
@@ -327,7 +366,7 @@ func (v *Verifier) Middleware(next http.Handler) http.Handler {
 				v.observe(r.Context(), r.Header, start, "accepted", nil, 0)
 			}
 		}
-		v.dedupe.serve(w, r, id, next, v.logger, claimed)
+		dh.d.serve(w, r, &d.vd, dh.next, v.logger, claimed)
 	})
 }
 
@@ -358,7 +397,7 @@ func (v *Verifier) reject(w http.ResponseWriter, r *http.Request, err error) {
 // unavailable and other 5xx at Error level, everything else at Warn.
 func (v *Verifier) logRejection(ctx context.Context, h http.Header, remote string, err error) {
 	l := v.logger
-	if l == nil {
+	if l == nil || errors.Is(err, ErrNoUserIDs) { // logged once, by NewVerifier
 		return
 	}
 	code := StatusCode(err)

@@ -55,6 +55,11 @@ var (
 // more is refused as malformed and the last good keys keep serving.
 const maxKeys = 64
 
+// maxEntries is the most entries a JWKS's "keys" array may hold, usable or
+// not. Every entry costs a decoding before it can be found unusable or a
+// duplicate, so the count is checked first, before any entry is decoded.
+const maxEntries = 4 * maxKeys
+
 // ParseJWKS returns the usable Ed25519 public keys of a JWKS document.
 //
 // The document must be one JSON object with a "keys" member holding an
@@ -71,8 +76,9 @@ const maxKeys = 64
 // are skipped, never fatal; duplicates are returned once. The result has
 // fresh copies of the keys.
 //
-// It returns an error wrapping ErrMalformedJWKS for a malformed document or
-// one with more than 64 usable keys, and ErrNoUsableKeys when no entry is
+// It returns an error wrapping ErrMalformedJWKS for a malformed document,
+// one with more than 256 entries (counted before any is decoded) or one
+// with more than 64 usable keys, and ErrNoUsableKeys when no entry is
 // usable.
 func ParseJWKS(data []byte) (keys []ed25519.PublicKey, err error) {
 	doc, err := jsonObject(data)
@@ -83,9 +89,9 @@ func ParseJWKS(data []byte) (keys []ed25519.PublicKey, err error) {
 	if !ok {
 		return nil, fmt.Errorf("%w: no \"keys\" member", ErrMalformedJWKS)
 	}
-	var entries []json.RawMessage
-	if raw[0] != '[' || json.Unmarshal(raw, &entries) != nil {
-		return nil, fmt.Errorf("%w: \"keys\" is not an array", ErrMalformedJWKS)
+	entries, err := jsonArray(raw, maxEntries)
+	if err != nil {
+		return nil, fmt.Errorf("%w: \"keys\" %w", ErrMalformedJWKS, err)
 	}
 
 	defer func() {
@@ -119,6 +125,30 @@ func ParseJWKS(data []byte) (keys []ed25519.PublicKey, err error) {
 		return nil, fmt.Errorf("%w: none of the %d JWKS entries is a usable Ed25519 signing key", ErrNoUsableKeys, len(entries))
 	}
 	return keys, nil
+}
+
+// jsonArray splits data, which must be exactly one JSON array, into its
+// elements, refusing more than n of them before decoding the next.
+func jsonArray(data json.RawMessage, n int) ([]json.RawMessage, error) {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if t, err := dec.Token(); err != nil || t != json.Delim('[') {
+		return nil, errors.New("is not an array")
+	}
+	var elems []json.RawMessage
+	for dec.More() {
+		if len(elems) == n {
+			return nil, fmt.Errorf("has more than %d entries", n)
+		}
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return nil, errors.New("is not an array")
+		}
+		elems = append(elems, v)
+	}
+	if _, err := dec.Token(); err != nil { // the closing ']'
+		return nil, errors.New("is not an array")
+	}
+	return elems, nil
 }
 
 // jsonObject decodes data, which must be exactly one JSON object, into its

@@ -2130,14 +2130,18 @@ func TestParseJWKSKeyCap(t *testing.T) {
 	if _, err := ParseJWKS(jwksDoc(entries(65)...)); !errors.Is(err, ErrMalformedJWKS) {
 		t.Fatalf("65 keys: %v, want ErrMalformedJWKS", err)
 	}
-	// Duplicates do not count: the same key 1000 times is one key.
+	// Duplicates do not count as keys: the same key 256 times is one key.
 	same := entries(1)
 	var many []string
-	for range 1000 {
+	for range 256 {
 		many = append(many, same[0])
 	}
 	if keys, err := ParseJWKS(jwksDoc(many...)); err != nil || len(keys) != 1 {
-		t.Fatalf("one key 1000 times: %d keys, %v; want 1", len(keys), err)
+		t.Fatalf("one key 256 times: %d keys, %v; want 1", len(keys), err)
+	}
+	// But every entry counts against the bound on entries.
+	if _, err := ParseJWKS(jwksDoc(append(many, same[0])...)); !errors.Is(err, ErrMalformedJWKS) {
+		t.Fatalf("one key 257 times: %v, want ErrMalformedJWKS (more than 256 entries)", err)
 	}
 	// Static keys keep the first 64.
 	var pubs []ed25519.PublicKey
@@ -2146,5 +2150,34 @@ func TestParseJWKSKeyCap(t *testing.T) {
 	}
 	if n := len(StaticKeys(pubs...).(*staticKeys).set.keys); n != 64 {
 		t.Errorf("StaticKeys of 70 keys kept %d, want 64", n)
+	}
+}
+
+// TestParseJWKSEntryBound checks that a document of many entries is refused
+// before they are decoded: 12,000 copies of one key (about 960 KB, within
+// the fetch limit) cost a few allocations per entry up to the bound of 256,
+// where decoding an entry and its key to find it a duplicate costs about a
+// hundred, and a document at the bound costs more than the flood.
+func TestParseJWKSEntryBound(t *testing.T) {
+	entry := jwksEntry(base64.RawURLEncoding.EncodeToString(faltest.SignerFromName("bound").PublicKey()), ``)
+	doc := func(n int) []byte {
+		e := make([]string, n)
+		for i := range e {
+			e[i] = entry
+		}
+		return jwksDoc(e...)
+	}
+	flood, atBound := doc(12_000), doc(256)
+	if len(flood) < 800_000 || len(flood) > maxJWKSSize {
+		t.Fatalf("flood document is %d bytes, want about 960 KB within the fetch limit", len(flood))
+	}
+	if _, err := ParseJWKS(flood); !errors.Is(err, ErrMalformedJWKS) {
+		t.Fatalf("12,000 entries: %v, want ErrMalformedJWKS", err)
+	}
+	floodAllocs := testing.AllocsPerRun(5, func() { _, _ = ParseJWKS(flood) })
+	boundAllocs := testing.AllocsPerRun(5, func() { _, _ = ParseJWKS(atBound) })
+	t.Logf("allocations: 12,000 entries %.0f, 256 entries %.0f", floodAllocs, boundAllocs)
+	if floodAllocs > 3*maxEntries || floodAllocs > boundAllocs {
+		t.Errorf("12,000 duplicate entries cost %.0f allocations, want at most %d and fewer than the %.0f of a document at the bound: entries are decoded before they are counted", floodAllocs, 3*maxEntries, boundAllocs)
 	}
 }

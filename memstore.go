@@ -16,7 +16,7 @@ const defaultMemoryStoreEntries = 100_000
 var errStoreFull = errors.New("store full of live claims")
 
 // NewMemoryStore returns a DedupeStore in process memory, for a single
-// replica, holding at most maxEntries request ids (default 100,000, enough
+// replica, holding at most maxEntries deliveries (default 100,000, enough
 // for a sustained rate of about one delivery a second over the 24 hour
 // TTL). When full it drops an expired claim or else the oldest completed
 // record; it never evicts a live claim, since that would let a retry run
@@ -81,14 +81,14 @@ func (l *memList) remove(e *memEntry) {
 	e.prev, e.next = nil, nil
 }
 
-func (s *memoryStore) Claim(ctx context.Context, requestID string, lease time.Duration) (ClaimState, string, error) {
+func (s *memoryStore) Claim(ctx context.Context, key string, lease time.Duration) (ClaimState, string, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, "", err
 	}
 	now := s.now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if e := s.entries[requestID]; e != nil {
+	if e := s.entries[key]; e != nil {
 		if now.Before(e.expires) {
 			if e.done {
 				return ClaimCompleted, "", nil
@@ -102,22 +102,22 @@ func (s *memoryStore) Claim(ctx context.Context, requestID string, lease time.Du
 		return 0, "", fmt.Errorf("%w: %d live claims", errStoreFull, len(s.entries))
 	}
 	s.seq++
-	e := &memEntry{id: requestID, token: strconv.FormatUint(s.seq, 10), expires: now.Add(lease)}
-	s.entries[requestID] = e
+	e := &memEntry{id: key, token: strconv.FormatUint(s.seq, 10), expires: now.Add(lease)}
+	s.entries[key] = e
 	s.claims.pushBack(e)
 	return ClaimAcquired, e.token, nil
 }
 
-func (s *memoryStore) Complete(ctx context.Context, requestID, token string, ttl time.Duration) error {
+func (s *memoryStore) Complete(ctx context.Context, key, token string, ttl time.Duration) error {
 	now := s.now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	e := s.entries[requestID]
+	e := s.entries[key]
 	if e != nil && now.Before(e.expires) && e.token != token {
 		if e.done {
-			return fmt.Errorf("%w: request %s was completed by another claim", ErrClaimLost, requestID)
+			return fmt.Errorf("%w: delivery %s was completed by another claim", ErrClaimLost, key)
 		}
-		return fmt.Errorf("%w: request %s is held by another claim", ErrClaimLost, requestID)
+		return fmt.Errorf("%w: delivery %s is held by another claim", ErrClaimLost, key)
 	}
 	switch {
 	case e != nil && e.done && now.Before(e.expires):
@@ -129,19 +129,19 @@ func (s *memoryStore) Complete(ctx context.Context, requestID, token string, ttl
 	case len(s.entries) >= s.max && !s.evict(now):
 		return fmt.Errorf("%w: %d live claims", errStoreFull, len(s.entries))
 	default:
-		e = &memEntry{id: requestID}
-		s.entries[requestID] = e
+		e = &memEntry{id: key}
+		s.entries[key] = e
 	}
 	e.token, e.done, e.expires = token, true, now.Add(ttl)
 	s.done.pushBack(e)
 	return nil
 }
 
-func (s *memoryStore) Release(ctx context.Context, requestID, token string) error {
+func (s *memoryStore) Release(ctx context.Context, key, token string) error {
 	now := s.now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	e := s.entries[requestID]
+	e := s.entries[key]
 	switch {
 	case e == nil:
 		return nil
@@ -149,9 +149,9 @@ func (s *memoryStore) Release(ctx context.Context, requestID, token string) erro
 		s.drop(e)
 		return nil
 	case e.done:
-		return fmt.Errorf("%w: request %s is completed", ErrClaimLost, requestID)
+		return fmt.Errorf("%w: delivery %s is completed", ErrClaimLost, key)
 	case e.token != token:
-		return fmt.Errorf("%w: request %s is held by another claim", ErrClaimLost, requestID)
+		return fmt.Errorf("%w: delivery %s is held by another claim", ErrClaimLost, key)
 	}
 	s.drop(e)
 	return nil

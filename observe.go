@@ -17,8 +17,8 @@ import (
 type Observer interface {
 	// ObserveDelivery is called once per request to Verify, VerifyRequest
 	// or the middleware, when its outcome is known: after verification,
-	// and with WithDedupe after the claim (a handler's own run is not
-	// included).
+	// and with Dedupe.Middleware as the middleware's handler after the
+	// claim (a handler's own run is not included).
 	ObserveDelivery(ctx context.Context, d DeliveryInfo)
 
 	// ObserveFetch is called after each JWKS fetch, successful or not.
@@ -28,13 +28,13 @@ type Observer interface {
 // DeliveryInfo describes the outcome of one delivery, for an Observer.
 type DeliveryInfo struct {
 	// Outcome is a low-cardinality word: "accepted" (verified; the handler
-	// ran or is about to), "duplicate" (already completed; WithDedupe),
-	// "in_progress" (being handled elsewhere; WithDedupe), or the reason
+	// ran or is about to), "duplicate" (already completed; Dedupe),
+	// "in_progress" (being handled elsewhere; Dedupe), or the reason
 	// of a rejection: "method_not_allowed", "body_too_large",
 	// "missing_header", "malformed_header", "timestamp_out_of_range",
 	// "unexpected_user", "signature_mismatch", "keys_unavailable",
-	// "invalid_event", "read_error", "overloaded", "store_error" or
-	// "internal".
+	// "invalid_event", "read_error", "overloaded", "store_error",
+	// "misconfigured" (ErrNoUserIDs) or "internal".
 	Outcome string
 
 	// Err is the rejection, nil unless Outcome names one.
@@ -96,6 +96,7 @@ var outcomes = [...]struct {
 	{ErrNoUsableKeys, "keys_unavailable"},
 	{ErrDedupeStore, "store_error"},
 	{ErrOverloaded, "overloaded"},
+	{ErrNoUserIDs, "misconfigured"},
 	{ErrMethodNotAllowed, "method_not_allowed"},
 	{ErrBodyTooLarge, "body_too_large"},
 	{ErrMissingHeader, "missing_header"},

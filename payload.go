@@ -53,8 +53,15 @@ const (
 // which is strict where encoding/json is lax (duplicate keys, wrong types).
 type Event struct {
 	// RequestID is the id of the queue request; never empty in an Event
-	// returned by ParseEvent. It equals the X-Fal-Webhook-Request-Id header.
+	// returned by ParseEvent. In an Event from Verify, VerifyRequest or the
+	// middleware it equals the signed X-Fal-Webhook-Request-Id header: a
+	// body naming another request is refused with ErrInvalidEvent.
 	RequestID string `json:"request_id"`
+
+	// UserID is the signed X-Fal-Webhook-User-Id of the delivery: the fal
+	// user it is for. Verify, VerifyRequest and the middleware set it;
+	// ParseEvent leaves it empty (it is not in the body).
+	UserID string `json:"-"`
 
 	// GatewayRequestID is the id of the last attempt when fal retried the
 	// model call. It is empty when absent or null.
@@ -101,14 +108,15 @@ type Event struct {
 // ParseEvent does not verify the delivery; call it on a body that Verify has
 // accepted.
 func ParseEvent(body []byte) (*Event, error) {
-	return parseEvent(body, true)
+	return parseEvent(body, true, "")
 }
 
 // parseEvent parses body; with copyPayload false the event's Payload shares
-// body's memory, for callers that own body and never change it.
-func parseEvent(body []byte, copyPayload bool) (*Event, error) {
+// body's memory, for callers that own body and never change it. requestID
+// is as for Event.parse.
+func parseEvent(body []byte, copyPayload bool, requestID string) (*Event, error) {
 	e := new(Event)
-	if err := e.parse(body, copyPayload, ""); err != nil {
+	if err := e.parse(body, copyPayload, requestID); err != nil {
 		return nil, err
 	}
 	return e, nil
@@ -127,8 +135,9 @@ const (
 
 // parse parses body into e in one pass that also checks the whole body's
 // JSON syntax, exactly as json.Valid would. requestID, when not empty, is
-// the delivery's X-Fal-Webhook-Request-Id: a body request_id spelled the
-// same reuses that string instead of allocating a copy.
+// the delivery's X-Fal-Webhook-Request-Id, which the body's request_id must
+// equal; spelled the same, that string is reused instead of allocating a
+// copy.
 func (e *Event) parse(body []byte, copyPayload bool, requestID string) error {
 	sc := objectScanner{scanner: scanner{b: body}}
 	switch sc.open() {
@@ -166,6 +175,11 @@ func (e *Event) parse(body []byte, copyPayload bool, requestID string) error {
 		return fmt.Errorf("%w: missing request_id", ErrInvalidEvent)
 	case e.RequestID == "":
 		return fmt.Errorf("%w: request_id is empty", ErrInvalidEvent)
+	case requestID != "" && e.RequestID != requestID:
+		// Signed, but not what fal sends: the signed header and the body
+		// must name the same request, or a handler keyed by one and a
+		// dedupe keyed by the other would disagree.
+		return fmt.Errorf("%w: request_id %q is not the signed %s %q", ErrInvalidEvent, truncate(e.RequestID), HeaderRequestID, truncate(requestID))
 	case seen&seenStatus == 0:
 		return fmt.Errorf("%w: missing status", ErrInvalidEvent)
 	case e.Status == "":
@@ -1058,4 +1072,14 @@ type ImageOutput struct {
 	Prompt          string             `json:"prompt,omitempty"`            // the prompt used
 	HasNSFWConcepts []bool             `json:"has_nsfw_concepts,omitempty"` // one per image, when the model checks
 	Timings         map[string]float64 `json:"timings,omitempty"`           // durations in seconds, such as "inference"
+}
+
+// truncate returns s, cut to its first 64 bytes (with "…" appended) when
+// longer, for error texts quoting ids.
+func truncate(s string) string {
+	const n = 64
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
 }

@@ -36,8 +36,8 @@
 //		log.Printf("request %s finished: %s", ev.RequestID, ev.Status)
 //	}))
 //
-// fal delivers at least once; Dedupe (or WithDedupe) runs a handler once per
-// request id.
+// fal delivers at least once; Dedupe runs a handler once per delivery:
+// v.Middleware(d.Middleware(h)), or d.Do with the event Verify returned.
 package falwebhook
 
 import (
@@ -89,6 +89,15 @@ var (
 	// of those given to WithUserIDs: it may be genuinely signed by fal, but
 	// for another fal account.
 	ErrUnexpectedUser = errors.New("falwebhook: unexpected user")
+
+	// ErrNoUserIDs is returned for every delivery, and by Refresh, when
+	// WithUserIDs was given no non-empty id, as WithUserIDs(os.Getenv(…))
+	// is when the variable is unset: pinning was asked for but names no
+	// account, so the Verifier refuses everything rather than accept any
+	// account's deliveries. It is a configuration error, logged once at
+	// Error level when the Verifier is made; deliveries are answered 503 so
+	// that fal retries them once the configuration is fixed.
+	ErrNoUserIDs = errors.New("falwebhook: WithUserIDs given no user id")
 )
 
 // wrapped is an error matching outer and inner whose text says each
@@ -271,9 +280,10 @@ type Verifier struct {
 	budget      bodyBudget
 	readTimeout time.Duration
 	onError     func(http.ResponseWriter, *http.Request, error)
-	dedupe      *Dedupe
 	observer    Observer
 	userIDs     map[string]bool // nil: any user
+	pinned      bool            // WithUserIDs was given
+	configErr   error           // refuses every delivery; set by NewVerifier
 }
 
 // An Option configures a Verifier. For every option, a zero or nil argument
@@ -307,15 +317,21 @@ func WithTolerance(d time.Duration) Option {
 // fal_webhook at your URL and fal will deliver a genuine, correctly signed
 // body of their choosing. A delivery for another user fails with
 // ErrUnexpectedUser (403) among the cheap checks, before any key lookup.
-// The user id is signed, so it cannot be changed in transit. With no ids
-// (the default) any user is accepted; handlers should still match the
-// request id against requests they submitted.
+// The user id is signed, so it cannot be changed in transit. Without
+// WithUserIDs (the default) any user is accepted; handlers should still
+// match the request id against requests they submitted.
+//
+// Empty ids are ignored, and WithUserIDs with no non-empty id fails closed:
+// every delivery is refused with ErrNoUserIDs (503, so that fal retries
+// once the configuration is fixed), logged once at Error level, so that an
+// unset environment variable never turns pinning off.
 //
 // Find your user id in a delivery's headers: "falwebhook verify" and
 // "falwebhook listen" print it.
 func WithUserIDs(ids ...string) Option {
 	return func(v *Verifier) {
 		v.userIDs = nil
+		v.pinned = true
 		for _, id := range ids {
 			if id == "" {
 				continue
@@ -346,14 +362,25 @@ func WithLogger(l *slog.Logger) Option {
 }
 
 // NewVerifier returns a Verifier configured by opts. It does no I/O and
-// cannot fail: with no key option, keys are fetched from DefaultJWKSURL on
-// first use and cached. Call Refresh at startup to load them eagerly.
+// never returns nil: with no key option, keys are fetched from
+// DefaultJWKSURL on first use and cached. Call Refresh at startup to load
+// them eagerly; it also reports a configuration that refuses every
+// delivery (ErrNoUserIDs), which NewVerifier logs at Error level, to the
+// WithLogger logger or else slog.Default.
 func NewVerifier(opts ...Option) *Verifier {
 	v := &Verifier{}
 	for _, opt := range opts {
 		if opt != nil {
 			opt(v)
 		}
+	}
+	if v.pinned && v.userIDs == nil {
+		v.configErr = fmt.Errorf("%w: every delivery is refused until one is set (is the variable holding it empty?)", ErrNoUserIDs)
+		l := v.logger
+		if l == nil {
+			l = slog.Default()
+		}
+		l.Error("falwebhook: misconfigured Verifier refuses every delivery", "err", v.configErr)
 	}
 	if v.tolerance == 0 {
 		v.tolerance = int64(defaultTolerance / time.Second)
@@ -387,6 +414,9 @@ const defaultTolerance = 5 * time.Minute
 // blocking it fails loudly instead of as 503 answers to fal. A key source
 // without a Refresh(ctx) error method has nothing to load.
 func (v *Verifier) Refresh(ctx context.Context) error {
+	if v.configErr != nil {
+		return v.configErr
+	}
 	if r, ok := v.keys.(interface{ Refresh(context.Context) error }); ok {
 		return r.Refresh(ctx)
 	}
@@ -429,7 +459,12 @@ func (v *Verifier) verify(ctx context.Context, h http.Header, body []byte) (*Eve
 	if err := v.verifySignature(ctx, &hs, &sum); err != nil {
 		return nil, emptyBodyHint(err, len(body))
 	}
-	return parseEvent(body, true)
+	ev, err := parseEvent(body, true, hs.RequestID)
+	if err != nil {
+		return nil, err
+	}
+	ev.UserID = hs.UserID
+	return ev, nil
 }
 
 // startTimer returns the time a delivery's verification starts, when an
@@ -453,6 +488,9 @@ func emptyBodyHint(err error, n int) error {
 // checkHeaders runs the cheap checks: ParseHeaders, the user and the time
 // window.
 func (v *Verifier) checkHeaders(h http.Header) (Headers, error) {
+	if v.configErr != nil {
+		return Headers{}, v.configErr
+	}
 	hs, err := ParseHeaders(h)
 	if err != nil {
 		return hs, err

@@ -1,6 +1,7 @@
 package falwebhook
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"encoding/base64"
@@ -9,7 +10,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"strconv"
 	"strings"
@@ -280,8 +283,6 @@ func TestWithUserIDs(t *testing.T) {
 	}{
 		{"pinned", []string{"user-mine"}, nil, ErrUnexpectedUser},
 		{"pinned among several", []string{"user-old", "user-mine"}, nil, ErrUnexpectedUser},
-		{"not pinned", nil, nil, nil},
-		{"only empty ids: not pinned", []string{""}, nil, nil},
 		{"case matters", []string{"USER-MINE"}, ErrUnexpectedUser, ErrUnexpectedUser},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -303,6 +304,69 @@ func TestWithUserIDs(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestWithUserIDsEmpty checks that pinning given no account fails closed,
+// as WithUserIDs(os.Getenv("FAL_USER_ID")) is with the variable unset:
+// every delivery is refused with 503 and ErrNoUserIDs, logged once when the
+// Verifier is made, never per delivery.
+func TestWithUserIDsEmpty(t *testing.T) {
+	signer := faltest.SignerFromName("verify-a")
+	genuine := signed(signer, "req-1", "user-mine", t0, []byte(testBody))
+	for _, tt := range []struct {
+		name string
+		opts []Option
+	}{
+		{"an empty id", []Option{WithUserIDs("")}},
+		{"no ids", []Option{WithUserIDs()}},
+		{"only empty ids", []Option{WithUserIDs("", "")}},
+		{"a later empty WithUserIDs replaces an earlier one", []Option{WithUserIDs("user-mine"), WithUserIDs("")}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var logs bytes.Buffer
+			src := &countingSource{src: StaticKeys(signer.PublicKey())}
+			opts := append([]Option{WithKeys(src), WithClock(fixedClock(t0)), WithLogger(slog.New(slog.NewTextHandler(&logs, nil)))}, tt.opts...)
+			v := NewVerifier(opts...)
+			for range 3 {
+				_, err := v.Verify(context.Background(), genuine.h, genuine.body)
+				if !errors.Is(err, ErrNoUserIDs) {
+					t.Fatalf("pinning with no user id: got %v, want ErrNoUserIDs (a misconfiguration must fail closed)", err)
+				}
+				if code := StatusCode(err); code != http.StatusServiceUnavailable {
+					t.Errorf("status %d, want 503 so that fal retries once the configuration is fixed", code)
+				}
+			}
+			if err := v.Refresh(context.Background()); !errors.Is(err, ErrNoUserIDs) {
+				t.Errorf("Refresh: got %v, want ErrNoUserIDs so that a startup check fails", err)
+			}
+			if src.calls.Load() != 0 {
+				t.Error("a misconfigured Verifier looked up keys")
+			}
+			if n := strings.Count(logs.String(), "level=ERROR"); n != 1 || strings.Count(logs.String(), "\n") > 1 {
+				t.Errorf("logged %d Error lines, want exactly one, at construction:\n%s", n, logs.String())
+			}
+			if !strings.Contains(logs.String(), "WithUserIDs given no user id") {
+				t.Errorf("the log does not say what is wrong:\n%s", logs.String())
+			}
+		})
+	}
+	t.Run("middleware", func(t *testing.T) {
+		v := NewVerifier(WithKeys(StaticKeys(signer.PublicKey())), WithClock(fixedClock(t0)), WithUserIDs(""), WithLogger(slog.New(slog.DiscardHandler)))
+		req := signer.NewRequest("/", faltest.Delivery{RequestID: "req-1", UserID: "user-mine", Time: t0, Body: []byte(testBody)})
+		rec := httptest.NewRecorder()
+		v.Middleware(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {
+			t.Error("a misconfigured Verifier let a delivery through")
+		})).ServeHTTP(rec, req)
+		if rec.Code != http.StatusServiceUnavailable || rec.Header().Get("Retry-After") == "" {
+			t.Errorf("answered %d, Retry-After %q; want 503 with Retry-After", rec.Code, rec.Header().Get("Retry-After"))
+		}
+	})
+	t.Run("without WithUserIDs any account is accepted", func(t *testing.T) {
+		v := NewVerifier(WithKeys(StaticKeys(signer.PublicKey())), WithClock(fixedClock(t0)))
+		if _, err := v.Verify(context.Background(), genuine.h, genuine.body); err != nil {
+			t.Errorf("unpinned Verifier refused a genuine delivery: %v", err)
+		}
+	})
 }
 
 func TestToleranceOfOneSecond(t *testing.T) {

@@ -178,9 +178,8 @@ func TestScriptedMix(t *testing.T) {
 		falwebhook.WithKeys(falwebhook.StaticKeys(fal.PublicKey())),
 		falwebhook.WithClock(h.clock.Now),
 		falwebhook.WithUserIDs("me"),
-		falwebhook.WithDedupe(&falwebhook.Dedupe{Clock: h.clock.Now}),
 		falwebhook.WithObserver(h.obs))
-	mw := v.Middleware(app)
+	mw := v.Middleware((&falwebhook.Dedupe{Clock: h.clock.Now}).Middleware(app))
 
 	// Keys from a key server whose first fetch fails.
 	ks := faltest.NewKeyServer(fal)

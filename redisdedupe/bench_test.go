@@ -64,15 +64,16 @@ func benchMiddleware(b *testing.B, redisDedupe bool) {
 	const head, tail = `{"error": null, "payload": {"pad": "`, `"}, "request_id": "bench-request", "status": "OK"}`
 	body := []byte(head + strings.Repeat("x", 1<<10-len(head)-len(tail)) + tail)
 	opts := []falwebhook.Option{falwebhook.WithKeys(falwebhook.StaticKeys(s.PublicKey())), falwebhook.WithClock(func() time.Time { return at })}
+	var next http.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		w.WriteHeader(http.StatusNoContent)
+	})
 	if redisDedupe {
 		c := connect(b)
 		store := redisdedupe.New(c, redisdedupe.WithPrefix(testPrefix(b, c)))
-		opts = append(opts, falwebhook.WithDedupe(&falwebhook.Dedupe{Store: store, TTL: time.Minute}))
+		next = (&falwebhook.Dedupe{Store: store, TTL: time.Minute}).Middleware(next)
 	}
-	h := falwebhook.NewVerifier(opts...).Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
-		w.WriteHeader(http.StatusNoContent)
-	}))
+	h := falwebhook.NewVerifier(opts...).Middleware(next)
 	headers := make([]http.Header, b.N)
 	for i := range headers {
 		headers[i] = http.Header{}

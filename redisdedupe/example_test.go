@@ -22,16 +22,16 @@ func Example() {
 		DialerRetries:         1,
 		ContextTimeoutEnabled: true,
 	})
-	v := falwebhook.NewVerifier(
-		falwebhook.WithDedupe(&falwebhook.Dedupe{
-			Store: redisdedupe.New(rdb, redisdedupe.WithPrefix("imagesvc:fal:")),
-			Lease: time.Minute,
-		}),
-	)
+	v := falwebhook.NewVerifier()
+	d := &falwebhook.Dedupe{
+		Store: redisdedupe.New(rdb, redisdedupe.WithPrefix("imagesvc:fal:")),
+		Lease: time.Minute,
+	}
 	mux := http.NewServeMux()
-	mux.Handle("POST /fal/webhook", v.Handler(func(w http.ResponseWriter, r *http.Request, ev *falwebhook.Event) {
-		// Runs once per request id. Answer non-2xx to have fal retry.
+	mux.Handle("POST /fal/webhook", v.Middleware(d.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// Runs once per delivery. Answer non-2xx to have fal retry.
+		ev, _ := falwebhook.EventFromContext(r.Context())
 		log.Printf("request %s finished: %s", ev.RequestID, ev.Status)
-	}))
+	}))))
 	_ = http.ListenAndServe(":8080", mux)
 }

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -72,11 +73,10 @@ func newFleet(t *testing.T, clients []redis.UniversalClient, prefix string, leas
 		v := falwebhook.NewVerifier(
 			falwebhook.WithKeys(falwebhook.StaticKeys(f.signer.PublicKey())),
 			falwebhook.WithLogger(slog.New(slog.NewTextHandler(rep.logs, nil))),
-			falwebhook.WithDedupe(d),
 		)
-		rep.h = v.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rep.h = v.Middleware(d.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			f.handle(f.calls.Add(1), i, w, r)
-		}))
+		})))
 		f.replicas = append(f.replicas, rep)
 	}
 	return f
@@ -242,7 +242,7 @@ func TestReplicaDiesMidHandler(t *testing.T) {
 	go func() { done <- f.deliver(0, "req-1") }()
 	<-entered
 	c := cs[0].(*redis.Client)
-	key := f.replicas[0].store.Key("req-1")
+	key := f.replicas[0].store.Key(strconv.Itoa(len(faltest.DefaultUserID)) + ":" + faltest.DefaultUserID + ":req-1")
 	if ttl := c.PTTL(context.Background(), key).Val(); ttl <= 0 || ttl > lease {
 		t.Fatalf("the claim's TTL is %s, want the lease %s", ttl, lease)
 	}

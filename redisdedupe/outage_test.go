@@ -128,10 +128,10 @@ func TestRedisOutage(t *testing.T) {
 	if err := r.cmd.Process.Signal(syscall.SIGCONT); err != nil {
 		t.Fatal(err)
 	}
-	if got := admin.Get(ctx, "falwebhook:dedupe:req-1").Val(); !strings.HasPrefix(got, "done:") {
+	if got := admin.Get(ctx, "falwebhook:dedupe:12:faltest-user:req-1").Val(); !strings.HasPrefix(got, "done:") {
 		t.Errorf("after the outage req-1 holds %q, want done:<token>", got)
 	}
-	if got := admin.Get(ctx, "falwebhook:dedupe:req-3").Val(); got != "" {
+	if got := admin.Get(ctx, "falwebhook:dedupe:12:faltest-user:req-3").Val(); got != "" {
 		t.Errorf("after the outage req-3 holds %q, want nothing", got)
 	}
 	// req-2's release, which failed during the outage, is retried in the

@@ -3,14 +3,17 @@
 // fal delivery once between them.
 //
 //	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379"}) // and the timeouts below
-//	v := falwebhook.NewVerifier(falwebhook.WithDedupe(&falwebhook.Dedupe{Store: redisdedupe.New(rdb)}))
-//	mux.Handle("POST /fal/webhook", v.Middleware(handler))
+//	d := &falwebhook.Dedupe{Store: redisdedupe.New(rdb)}
+//	mux.Handle("POST /fal/webhook", v.Middleware(d.Middleware(handler)))
 //
 // # Keys
 //
-// Each request id has one string key, the prefix (DefaultPrefix,
-// "falwebhook:dedupe:", unless WithPrefix) followed by the request id
-// verbatim. Its value is one of
+// Each delivery has one string key, the prefix (DefaultPrefix,
+// "falwebhook:dedupe:", unless WithPrefix) followed verbatim by the key
+// falwebhook.Dedupe names it by: the length of the fal user id in decimal,
+// ":", the user id, ":", the request id, as in
+// "falwebhook:dedupe:7:user-42:5057fca7-2eb3-468f-b95d-cefe92b0b9d4". Its
+// value is one of
 //
 //	inprogress:<token>   claimed by the claim with that token; expires after the lease
 //	done:<token>         completed by the claim with that token; expires after the completed TTL
@@ -237,9 +240,9 @@ func New(client redis.UniversalClient, opts ...Option) *Store {
 	return s
 }
 
-// Key returns the Redis key holding requestID's record: the prefix
-// followed by requestID.
-func (s *Store) Key(requestID string) string { return s.prefix + requestID }
+// Key returns the Redis key holding the record Dedupe names key: the
+// prefix followed by key.
+func (s *Store) Key(key string) string { return s.prefix + key }
 
 // Claim implements falwebhook.DedupeStore with a Lua script that sets the
 // key when it is absent. Its fresh token is drawn before the first

@@ -210,7 +210,11 @@ func runListen(ctx context.Context, e *env, args []string) int {
 	if err != nil {
 		return fail("%v", err)
 	}
-	rc.verify = falwebhook.NewVerifier(opts...).Middleware(http.HandlerFunc(rc.accept))
+	var next http.Handler = http.HandlerFunc(rc.accept)
+	if dd != nil {
+		next = dd.Middleware(next)
+	}
+	rc.verify = falwebhook.NewVerifier(opts...).Middleware(next)
 
 	ln, err := net.Listen("tcp", f.addr)
 	if err != nil {
@@ -287,18 +291,17 @@ func (rc *receiver) verifierOptions(f *listenFlags, rdb *redis.Client, lg *liste
 	opts = []falwebhook.Option{
 		falwebhook.WithTolerance(*f.tolerance),
 		falwebhook.WithObserver(rc),
-		falwebhook.WithUserIDs(f.userIDs...),
 		falwebhook.WithMaxBodySize(f.maxBody.n),
 		falwebhook.WithBodyBudget(f.bodyBudget.n),
+	}
+	if len(f.userIDs) > 0 { // WithUserIDs with none would refuse everything
+		opts = append(opts, falwebhook.WithUserIDs(f.userIDs...))
 	}
 	switch {
 	case rdb != nil:
 		dd = &falwebhook.Dedupe{Store: redisdedupe.New(rdb), Logger: lg.slog}
 	case !f.noDedupe:
 		dd = &falwebhook.Dedupe{Logger: lg.slog}
-	}
-	if dd != nil {
-		opts = append(opts, falwebhook.WithDedupe(dd))
 	}
 	if isURL(f.jwks) {
 		warm = &falwebhook.JWKS{URL: f.jwks, Observer: rc, Logger: lg.slog}

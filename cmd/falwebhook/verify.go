@@ -324,12 +324,15 @@ func (d *diagnosis) keyVerifies(ctx context.Context, k ed25519.PublicKey) bool {
 // printVerdict asks falwebhook's Verifier, configured as the flags say,
 // and prints its verdict, which it returns.
 func (d *diagnosis) printVerdict(ctx context.Context) error {
-	v := falwebhook.NewVerifier(
+	opts := []falwebhook.Option{
 		falwebhook.WithKeys(falwebhook.StaticKeys(d.keys...)),
 		falwebhook.WithClock(func() time.Time { return d.now }),
 		falwebhook.WithTolerance(d.tolerance),
-		falwebhook.WithUserIDs(d.userIDs...),
-	)
+	}
+	if len(d.userIDs) > 0 { // WithUserIDs with none would refuse everything
+		opts = append(opts, falwebhook.WithUserIDs(d.userIDs...))
+	}
+	v := falwebhook.NewVerifier(opts...)
 	_, err := v.Verify(ctx, d.c.header, d.c.body)
 	fmt.Fprintf(d.w, "\nverdict\n")
 	if err == nil {

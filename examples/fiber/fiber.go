@@ -43,7 +43,7 @@ func New(v *falwebhook.Verifier, d *falwebhook.Dedupe, handle func(context.Conte
 			return answer(c, 0, err)
 		}
 		// The store failing gives state 0 and a 503; handle failing, a 500.
-		state, err := d.Do(c.UserContext(), ev.RequestID, func(ctx context.Context) error { return handle(ctx, ev) })
+		state, err := d.Do(c.UserContext(), ev, func(ctx context.Context) error { return handle(ctx, ev) })
 		return answer(c, state, err)
 	})
 	return app

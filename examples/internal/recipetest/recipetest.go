@@ -439,7 +439,14 @@ func (s notifyingStore) Release(ctx context.Context, id, token string) error {
 
 // notify sends id to done unless done is full (then WaitBookkeeping fails
 // the test rather than the server hanging).
-func (s notifyingStore) notify(id string) {
+func (s notifyingStore) notify(key string) {
+	// The store's key is "<len>:<user id>:<request id>"; tell the request id.
+	id := key
+	if _, rest, ok := strings.Cut(key, ":"); ok {
+		if _, reqID, ok := strings.Cut(rest[len(UserID):], ":"); ok && strings.HasPrefix(rest, UserID) {
+			id = reqID
+		}
+	}
 	select {
 	case s.done <- id:
 	default:
