@@ -265,12 +265,6 @@ func (r *recorder) add(job *river.Job[falriver.Args], ev *falwebhook.Event) {
 	r.source[ev.RequestID] = job.Args.Source
 }
 
-func (r *recorder) count(id string) int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.events[id])
-}
-
 func (r *recorder) total() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
