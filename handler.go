@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"time"
 )
 
@@ -57,18 +58,23 @@ func WithErrorHandler(f func(w http.ResponseWriter, r *http.Request, err error))
 //	ErrTimestampOutOfRange, ErrSignatureMismatch   401 Unauthorized
 //	ErrUnexpectedUser                              403 Forbidden
 //	ErrKeysUnavailable, ErrNoUsableKeys,
-//	ErrOverloaded, ErrDedupeStore, ErrNoUserIDs    503 Service Unavailable
+//	ErrKeyNotFetched, ErrOverloaded,
+//	ErrDedupeStore, ErrNoUserIDs                   503 Service Unavailable
 //	anything else                                  500 Internal Server Error
 //
 // 503 asks fal to retry later: the delivery may be genuine but cannot be
 // checked now. A 503 caused by keys wins over a 401: a signature the cached
-// keys do not verify, when refetching them failed, is a 503.
+// keys do not verify is a 503 when refetching them failed, or when they
+// were fetched before the delivery was signed and the JWKS cooldown
+// forbids fetching again yet (ErrKeyNotFetched: a key added since may
+// have signed it, and forgeries are answered so too until a fetch settles
+// them; see JWKS.Cooldown). A mismatch the keys settle is a 401.
 func StatusCode(err error) int {
 	switch {
 	case err == nil:
 		return http.StatusOK
 	case errors.Is(err, ErrKeysUnavailable), errors.Is(err, ErrNoUsableKeys), errors.Is(err, ErrDedupeStore), errors.Is(err, ErrOverloaded),
-		errors.Is(err, ErrNoUserIDs):
+		errors.Is(err, ErrNoUserIDs), errors.Is(err, ErrKeyNotFetched):
 		return http.StatusServiceUnavailable
 	case errors.Is(err, ErrMethodNotAllowed):
 		return http.StatusMethodNotAllowed
@@ -104,7 +110,8 @@ func WriteError(w http.ResponseWriter, err error) {
 //	err == nil, state 0 or ClaimAcquired  200
 //	ClaimCompleted                        200, HeaderDuplicate: completed
 //	ClaimInProgress                       409, Retry-After, HeaderDuplicate: in-progress
-//	an error                              StatusCode(err), with Allow: POST on 405, Retry-After on 503,
+//	an error                              StatusCode(err), with Allow: POST on 405, Retry-After on 503
+//	                                      (a *KeyNotFetchedError's RetryAfter, otherwise 60 seconds),
 //	                                      and Connection: close on 413, ErrOverloaded and ErrReadBody
 //	                                      so that the rest of the body is not read
 func Answer(state ClaimState, err error) (status int, header http.Header) {
@@ -124,6 +131,9 @@ func Answer(state ClaimState, err error) (status int, header http.Header) {
 		header.Set("Allow", http.MethodPost)
 	case status == http.StatusServiceUnavailable:
 		header.Set("Retry-After", retryAfterSeconds)
+		if ke := (*KeyNotFetchedError)(nil); errors.As(err, &ke) && ke.RetryAfter > 0 {
+			header.Set("Retry-After", strconv.FormatInt(int64((ke.RetryAfter+time.Second-1)/time.Second), 10))
+		}
 	}
 	if status == http.StatusRequestEntityTooLarge || errors.Is(err, ErrOverloaded) || errors.Is(err, ErrReadBody) {
 		header.Set("Connection", "close")
@@ -402,7 +412,7 @@ func (v *Verifier) logRejection(ctx context.Context, h http.Header, remote strin
 	}
 	code := StatusCode(err)
 	level := slog.LevelWarn
-	if code >= 500 {
+	if code >= 500 && !errors.Is(err, ErrKeyNotFetched) { // a rotation or a forgery, not an outage
 		level = slog.LevelError
 	}
 	attrs := []slog.Attr{

@@ -44,6 +44,15 @@ var (
 	// receiver should answer 503 so that fal retries the delivery.
 	ErrKeysUnavailable = errors.New("falwebhook: keys unavailable")
 
+	// ErrKeyNotFetched is returned, as a *KeyNotFetchedError, by a JWKS
+	// when no cached key verifies a signature, the keys were fetched before
+	// the delivery was signed (so its key may be new), and the cooldown
+	// forbids fetching them again yet. A receiver should answer 503 with
+	// the error's Retry-After, so that fal retries once a fetch can tell a
+	// key rotation from a forgery. Key sources that never fetch, such as
+	// StaticKeys, never return it.
+	ErrKeyNotFetched = errors.New("falwebhook: signing key not fetched yet")
+
 	// ErrMalformedJWKS is returned by ParseJWKS, and wrapped in fetch
 	// errors, when a JWKS document is not a JSON object whose "keys" member
 	// is an array.
@@ -54,6 +63,41 @@ var (
 // costs one verification per key, so the number is bounded; a JWKS with
 // more is refused as malformed and the last good keys keep serving.
 const maxKeys = 64
+
+// KeyNotFetchedError is a signature that no cached key verifies, signed
+// after those keys were fetched, while the cooldown forbids fetching them
+// again: the delivery may be signed by a key fal added since. It matches
+// ErrKeyNotFetched and ErrSignatureMismatch with errors.Is.
+type KeyNotFetchedError struct {
+	Keys       int           // how many cached keys were tried
+	RetryAfter time.Duration // until the next fetch is allowed, at least a second
+}
+
+func (e *KeyNotFetchedError) Error() string {
+	return fmt.Sprintf("%s: none of %d keys fetched before the delivery was signed verified it; the next fetch is allowed in %s", ErrKeyNotFetched, e.Keys, e.RetryAfter)
+}
+
+// Unwrap returns ErrKeyNotFetched and ErrSignatureMismatch.
+func (e *KeyNotFetchedError) Unwrap() []error {
+	return []error{ErrKeyNotFetched, ErrSignatureMismatch}
+}
+
+// signedAt returns the timestamp line of a message built by
+// Headers.AppendMessage, and whether there was one.
+func signedAt(msg []byte) (int64, bool) {
+	for range 2 {
+		i := bytes.IndexByte(msg, '\n')
+		if i < 0 {
+			return 0, false
+		}
+		msg = msg[i+1:]
+	}
+	i := bytes.IndexByte(msg, '\n')
+	if i < 0 {
+		return 0, false
+	}
+	return parseDigits(string(msg[:i]))
+}
 
 // maxEntries is the most entries a JWKS's "keys" array may hold, usable or
 // not. Every entry costs a decoding before it can be found unusable or a
@@ -261,12 +305,20 @@ func usableKey(m map[string]json.RawMessage) (ed25519.PublicKey, bool) {
 //     ErrKeysUnavailable. After a failed fetch the next one waits for the
 //     cooldown.
 //   - When no cached key verifies a signature, the keys are fetched anew
-//     (the key may be new), at most once per Cooldown: inside it the
-//     mismatch is reported at once, never waiting, unless a fetch is in
-//     flight, which is joined. If that refetch fails, the mismatch also
-//     wraps ErrKeysUnavailable (503): the delivery may be signed by a key
-//     we could not fetch. So forged deliveries cause at most one fetch per
-//     Cooldown.
+//     (the key may be new), at most once per Cooldown; a fetch in flight is
+//     joined. The mismatch is ErrSignatureMismatch (401) when the keys
+//     tried cannot be missing the delivery's key, because they were fetched
+//     after it was signed: by a fetch started after the delivery arrived,
+//     or after the second of its signed timestamp. Otherwise, inside the
+//     cooldown, the answer comes at once, never waiting: a
+//     *KeyNotFetchedError (ErrKeyNotFetched, 503 with Retry-After until the
+//     next fetch is allowed), so that a delivery signed by a key fal added
+//     right after a fetch is retried and accepted once the cooldown ends,
+//     not refused as a forgery. When a fetch is allowed there is no 503 of
+//     this kind: the keys are fetched and decide. If the refetch fails, the
+//     mismatch also wraps ErrKeysUnavailable (503): the delivery may be
+//     signed by a key we could not fetch. So forged deliveries cause at
+//     most one fetch per Cooldown (see Cooldown for what they are answered).
 //
 // A JWKS is safe for concurrent use by multiple goroutines.
 type JWKS struct {
@@ -297,6 +349,19 @@ type JWKS struct {
 	// and between refetches caused by signatures no cached key verifies
 	// (default 1 minute, at least 10 seconds: it bounds the fetches that
 	// forged deliveries can cause).
+	//
+	// A key fal adds right after a fetch is missing from the cache until
+	// the next one. So inside the cooldown a delivery that the cached keys
+	// do not verify, signed after they were fetched, cannot be judged yet:
+	// it gets ErrKeyNotFetched, 503 with Retry-After until the cooldown
+	// ends, and fal's retry meets refetched keys. A forgery signed after
+	// the fetch gets the same 503, as nothing tells it from a rotation but
+	// a fetch, and fetching for every forgery would let forgeries drive the
+	// fetches; sent again after the next fetch, the same forgery is a 401.
+	// A mismatch signed before the keys were fetched, or one that a fetch
+	// has just settled, is a 401. No 503 of this kind is given while a
+	// fetch is allowed, and key sources that never fetch (StaticKeys)
+	// always answer a mismatch with 401.
 	Cooldown time.Duration
 
 	// MaxStale is how long past their expiry the last good keys keep
@@ -315,7 +380,8 @@ type JWKS struct {
 	client *http.Client // Client with the scheme check on redirects
 	now    func() time.Time
 
-	cur atomic.Pointer[cachedKeys] // the last good keys; replaced only by a successful fetch
+	cur     atomic.Pointer[cachedKeys] // the last good keys; replaced only by a successful fetch
+	started atomic.Uint64              // fetches started; written with mu held
 
 	mu          sync.Mutex // guards the fields below
 	call        *fetchCall // the fetch in flight, or nil
@@ -335,13 +401,16 @@ const (
 // cachedKeys is one fetch's keys.
 type cachedKeys struct {
 	*keySet
-	expiry time.Time
+	fetch   uint64    // the number of the fetch that brought them, from 1
+	fetched time.Time // when that fetch started
+	expiry  time.Time
 }
 
 type fetchCall struct {
-	done chan struct{} // closed when keys and err are set
-	keys *cachedKeys
-	err  error
+	fetch uint64        // its number, from 1
+	done  chan struct{} // closed when keys and err are set
+	keys  *cachedKeys
+	err   error
 }
 
 // setup applies the defaults and bounds, once.
@@ -396,6 +465,7 @@ func (j *JWKS) fetchTimeout() time.Duration {
 // for the rules.
 func (j *JWKS) VerifySignature(ctx context.Context, msg, sig []byte) error {
 	j.setup()
+	arrived := j.started.Load() // fetches started before the delivery was in hand
 	s, err := j.keys(ctx)
 	if err != nil {
 		return err
@@ -404,34 +474,79 @@ func (j *JWKS) VerifySignature(ctx context.Context, msg, sig []byte) error {
 		return nil
 	}
 
-	// No cached key verifies it: perhaps fal rotated its keys.
-	now := j.now()
-	j.mu.Lock()
-	c := j.call
-	if c == nil {
-		if cur := j.cur.Load(); cur != s {
-			// A fetch that finished since s was read brought other keys.
-			j.mu.Unlock()
-			if cur.verify(msg, sig) {
-				return nil
+	// No cached key verifies it: perhaps fal rotated its keys. Each turn
+	// either answers or waits for a fetch; a fetch started here starts
+	// after the delivery arrived, so its keys settle the question. Only
+	// fetches finished or started elsewhere meanwhile bring another turn.
+	for range maxRefetchTurns {
+		now := j.now()
+		j.mu.Lock()
+		c := j.call
+		if c == nil {
+			if cur := j.cur.Load(); cur != s {
+				// A fetch that finished since s was read brought other
+				// keys: try them, then decide with them.
+				j.mu.Unlock()
+				s = cur
+				if s.verify(msg, sig) {
+					return nil
+				}
+				continue
 			}
-			return mismatch(len(cur.keys))
+			if next := j.lastAttempt.Add(j.cooldown()); now.Before(next) {
+				j.mu.Unlock()
+				return cooldownMismatch(s, msg, arrived, now, next)
+			}
+			c = j.startLocked(ctx, now)
 		}
-		if now.Before(j.lastAttempt.Add(j.cooldown())) {
-			j.mu.Unlock()
-			return mismatch(len(s.keys))
+		j.mu.Unlock()
+		fresh, err := j.wait(ctx, c)
+		if err != nil {
+			return wrap(mismatch(len(s.keys)), "and refetching the keys failed", err)
 		}
-		c = j.startLocked(ctx, now)
+		if fresh != s && fresh.verify(msg, sig) {
+			return nil
+		}
+		if definitive(fresh, msg, arrived) {
+			return mismatch(len(fresh.keys))
+		}
+		s = fresh // a fetch started before the delivery arrived: another turn
 	}
-	j.mu.Unlock()
-	fresh, err := j.wait(ctx, c)
-	if err != nil {
-		return wrap(mismatch(len(s.keys)), "and refetching the keys failed", err)
+	return mismatch(len(s.keys))
+}
+
+// maxRefetchTurns bounds VerifySignature's turns after a mismatch. A turn
+// ends without an answer only when a fetch finished in the meantime, which
+// forged deliveries can cause at most once per cooldown, so the bound is
+// never reached but by a caller of Refresh in a loop.
+const maxRefetchTurns = 4
+
+// definitive reports whether keys s, which do not verify a signature over
+// msg, cannot be missing its key because they were fetched after it was
+// signed: by a fetch started after the delivery was in hand (one of number
+// above arrived, which counts the fetches started before), or started after
+// the second of its signed timestamp (whole seconds: a delivery signed at
+// ts was signed before second ts+1 began). A msg without a timestamp line,
+// not built by Headers.AppendMessage, has nothing to wait for: a plain
+// mismatch.
+func definitive(s *cachedKeys, msg []byte, arrived uint64) bool {
+	if s.fetch > arrived {
+		return true
 	}
-	if fresh != s && fresh.verify(msg, sig) {
-		return nil
+	ts, ok := signedAt(msg)
+	return !ok || ts < s.fetched.Unix()
+}
+
+// cooldownMismatch is the error for a signature that keys s do not verify
+// while no fetch is allowed until next: a plain mismatch when s cannot be
+// missing its key (definitive), and otherwise a *KeyNotFetchedError whose
+// RetryAfter lasts until next.
+func cooldownMismatch(s *cachedKeys, msg []byte, arrived uint64, now, next time.Time) error {
+	if definitive(s, msg, arrived) {
+		return mismatch(len(s.keys))
 	}
-	return mismatch(len(fresh.keys))
+	secs := (next.Sub(now) + time.Second - 1) / time.Second // rounded up
+	return &KeyNotFetchedError{Keys: len(s.keys), RetryAfter: max(secs, 1) * time.Second}
 }
 
 // keys returns the keys to verify with: the cached ones, fetching first
@@ -517,7 +632,7 @@ func (j *JWKS) wait(ctx context.Context, c *fetchCall) (*cachedKeys, error) {
 // be held. The fetch keeps ctx's values but not its cancellation: it is
 // shared, and bounded by the fetch timeout instead.
 func (j *JWKS) startLocked(ctx context.Context, now time.Time) *fetchCall {
-	c := &fetchCall{done: make(chan struct{})}
+	c := &fetchCall{done: make(chan struct{}), fetch: j.started.Add(1)}
 	j.call = c
 	j.lastAttempt = now
 	go j.run(context.WithoutCancel(ctx), c, now)
@@ -534,7 +649,7 @@ func (j *JWKS) run(ctx context.Context, c *fetchCall, start time.Time) {
 	j.mu.Lock()
 	if err == nil {
 		info.Expiry = start.Add(ttl)
-		c.keys = &cachedKeys{keySet: newKeySet(keys), expiry: info.Expiry}
+		c.keys = &cachedKeys{keySet: newKeySet(keys), fetch: c.fetch, fetched: start, expiry: info.Expiry}
 		j.cur.Store(c.keys)
 	}
 	c.err = err

@@ -69,9 +69,11 @@ func mismatch(n int) error {
 // A KeySource checks signatures against the public keys that may sign
 // deliveries: StaticKeys, JWKS, or your own. VerifySignature must be safe
 // for concurrent use. It returns nil when a key verifies sig over msg, and
-// otherwise an error wrapping ErrSignatureMismatch (no key verifies it),
-// ErrKeysUnavailable (the keys cannot be had now; fal should retry) or
-// ErrNoUsableKeys; the Verifier treats any other error as
+// otherwise an error wrapping ErrSignatureMismatch (no key verifies it; a
+// source that fetches keys may wrap ErrKeyNotFetched too, as JWKS does,
+// when a key newer than its keys could have signed it and it cannot fetch
+// yet), ErrKeysUnavailable (the keys cannot be had now; fal should retry)
+// or ErrNoUsableKeys; the Verifier treats any other error as
 // ErrKeysUnavailable.
 //
 // A KeySource that also has a method Refresh(ctx context.Context) error is

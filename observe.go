@@ -32,7 +32,8 @@ type DeliveryInfo struct {
 	// "in_progress" (being handled elsewhere; Dedupe), or the reason
 	// of a rejection: "method_not_allowed", "body_too_large",
 	// "missing_header", "malformed_header", "timestamp_out_of_range",
-	// "unexpected_user", "signature_mismatch", "keys_unavailable",
+	// "unexpected_user", "signature_mismatch", "key_not_fetched"
+	// (ErrKeyNotFetched), "keys_unavailable",
 	// "invalid_event", "read_error", "overloaded", "store_error",
 	// "misconfigured" (ErrNoUserIDs) or "internal".
 	Outcome string
@@ -94,6 +95,7 @@ var outcomes = [...]struct {
 }{
 	{ErrKeysUnavailable, "keys_unavailable"},
 	{ErrNoUsableKeys, "keys_unavailable"},
+	{ErrKeyNotFetched, "key_not_fetched"},
 	{ErrDedupeStore, "store_error"},
 	{ErrOverloaded, "overloaded"},
 	{ErrNoUserIDs, "misconfigured"},

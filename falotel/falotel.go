@@ -186,7 +186,7 @@ var (
 	rejectOutcomes   = [...]string{
 		"method_not_allowed", "body_too_large", "missing_header", "malformed_header",
 		"timestamp_out_of_range", "unexpected_user", "signature_mismatch",
-		"keys_unavailable", "invalid_event", "read_error", "overloaded",
+		"key_not_fetched", "keys_unavailable", "invalid_event", "read_error", "overloaded",
 		"store_error", "misconfigured", "internal",
 	}
 )

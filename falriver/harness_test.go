@@ -8,12 +8,13 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -200,6 +201,17 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 	}
 }
 
+// pollFor polls cond every 20 ms until it holds or d passes, and reports
+// whether it held; the caller checks what it waited for.
+func pollFor(d time.Duration, cond func() bool) bool {
+	for deadline := time.Now().Add(d); !cond(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
+	return true
+}
+
 // The fal account the test verifiers accept.
 const userID = "fal-user-1"
 
@@ -265,6 +277,12 @@ func (r *recorder) add(job *river.Job[falriver.Args], ev *falwebhook.Event) {
 	r.source[ev.RequestID] = job.Args.Source
 }
 
+func (r *recorder) count(id string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.events[id])
+}
+
 func (r *recorder) total() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -323,4 +341,4 @@ type fastRetry struct{ river.Worker[falriver.Args] }
 
 func (fastRetry) NextRetry(*river.Job[falriver.Args]) time.Time { return time.Now() }
 
-var _ = strings.Contains
+func newTextLogger(w io.Writer) *slog.Logger { return slog.New(slog.NewTextHandler(w, nil)) }

@@ -14,8 +14,10 @@ import (
 // DefaultTimeout is how long one attempt of a delivery job may run before
 // its context is cancelled: media work (downloading a video from fal's CDN,
 // uploading it elsewhere) takes minutes, not River's default of one minute.
-// Set RescueStuckJobsAfter above it (see the package doc).
-const DefaultTimeout = 10 * time.Minute
+// It also bounds how long a job held by a process that died waits for
+// River's rescuer, which leaves a running job alone until its timeout has
+// passed: set RescueStuckJobsAfter just above it (see the package doc).
+const DefaultTimeout = 5 * time.Minute
 
 // ErrRequestIDMismatch is the error of a delivery job whose stored body is
 // not an event of the job's request id. Such a job is cancelled, not

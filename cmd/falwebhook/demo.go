@@ -21,11 +21,16 @@ import (
 const demoDescription = `
 Demo runs a webhook receiver built from the real falwebhook Verifier and
 Middleware on 127.0.0.1, with "fal's" public keys served as a JWKS document by
-a second local server (a dev key stands in for fal's), and sends it six
+a second local server (a dev key stands in for fal's), and sends it nine
 deliveries: two genuine ones (an OK image result and an ERROR) and four that
 must be rejected (a tampered body, a replayed old delivery, a signature by an
-unknown key, a missing header). It prints what the receiver answered and
-decided for each. Nothing leaves the loopback interface.
+unknown key, a missing header), all signed before the receiver fetches the
+keys; then a key rotation on the receiver's fake clock: fal publishes a second
+key right after the fetch and signs with it (503 with Retry-After, as is a
+forgery signed then: the cached keys cannot tell them apart), and fal's retry a
+minute later, once the keys may be fetched again (accepted). It prints what
+the receiver answered and decided for each. Nothing leaves the loopback
+interface.
 
 Exit status 0 when every verdict is as expected, 1 otherwise.`
 
@@ -33,6 +38,7 @@ Exit status 0 when every verdict is as expected, 1 otherwise.`
 type demoCase struct {
 	name       string
 	sent       string
+	prepare    func() // if set, run before build: moves the clock or the keys
 	build      func(url string) (*http.Request, error)
 	wantStatus int
 	wantErr    error // nil: the delivery must be accepted
@@ -57,18 +63,24 @@ func runDemo(ctx context.Context, e *env, args []string) int {
 	defer cancel()
 
 	// "fal": a dev key published as a JWKS document on 127.0.0.1.
-	fal := faltest.SignerFromName("falwebhook demo: stands in for fal")
-	stranger := faltest.SignerFromName("falwebhook demo: not fal")
-	ks := faltest.NewKeyServer(fal)
+	keys := demoKeys{
+		fal:      faltest.SignerFromName("falwebhook demo: stands in for fal"),
+		rotated:  faltest.SignerFromName("falwebhook demo: fal's next key"),
+		stranger: faltest.SignerFromName("falwebhook demo: not fal"),
+	}
+	ks := faltest.NewKeyServer(keys.fal)
 	defer ks.Close()
+	keys.server = ks
 
-	// The receiver's clock is frozen at the start, so that every run
-	// prints the same skews.
-	start := time.Now()
-	receiver, outcomes := startDemoReceiver(ks, start)
+	// The receiver runs on a fake clock that stands still but where the
+	// cases move it, so that every run prints the same skews and waits
+	// for nothing.
+	clock := faltest.NewClock(time.Now())
+	receiver, outcomes := startDemoReceiver(ks, clock)
 	defer receiver.Close()
 	url := receiver.URL + "/fal/webhook"
-	cases := demoCases(ctx, fal, stranger, start)
+	cases := demoCases(ctx, keys, clock)
+	fal := keys.fal
 
 	w := e.stdout
 	fmt.Fprintf(w, "falwebhook demo: a receiver built from falwebhook's Verifier and Middleware gets\n")
@@ -84,9 +96,16 @@ func runDemo(ctx context.Context, e *env, args []string) int {
 	t.write(w)
 
 	fmt.Fprintln(w)
-	fmt.Fprintf(w, "Genuine deliveries reached the handler (200); the others never did: 401 for a bad\n")
-	fmt.Fprintf(w, "signature or timestamp, 400 for a malformed request. fal's JWKS was fetched %s\n", times(ks.Fetches()))
-	fmt.Fprintf(w, "over HTTP and cached.\n\n")
+	fmt.Fprintf(w, "Genuine deliveries reached the handler (200); the others never did. The first six\n")
+	fmt.Fprintf(w, "were signed a second before the receiver fetched fal's keys (on the first one), so\n")
+	fmt.Fprintf(w, "those keys settle them: 401 for a bad signature or timestamp, 400 for a malformed\n")
+	fmt.Fprintf(w, "request. Then fal published a second key. A delivery that the cached keys do not\n")
+	fmt.Fprintf(w, "verify, signed after they were fetched, may be signed by a key added since: inside\n")
+	fmt.Fprintf(w, "the refetch cooldown (1 minute, which bounds the fetches forgeries can cause) it is\n")
+	fmt.Fprintf(w, "answered 503 with Retry-After until the next fetch is allowed, whether it is a new\n")
+	fmt.Fprintf(w, "key or a forgery, so that a rotation is not refused as a forgery. fal retried, the\n")
+	fmt.Fprintf(w, "keys were fetched again, and the new key's delivery was accepted. fal's JWKS was\n")
+	fmt.Fprintf(w, "fetched %s over HTTP and cached.\n\n", times(ks.Fetches()))
 	if failed > 0 {
 		fmt.Fprintf(w, "FAIL: %d of %d verdicts not as expected.\n", failed, len(cases))
 		return exitInvalid
@@ -97,14 +116,12 @@ func runDemo(ctx context.Context, e *env, args []string) int {
 
 // startDemoReceiver starts the receiver: the real Verifier, fetching keys
 // from ks over HTTP, around a handler that only ever sees verified events,
-// with its clock frozen at start. It reports each decision on outcomes
-// before it answers.
-func startDemoReceiver(ks *faltest.KeyServer, start time.Time) (*httptest.Server, <-chan demoOutcome) {
+// on clock. It reports each decision on outcomes before it answers.
+func startDemoReceiver(ks *faltest.KeyServer, clock *faltest.Clock) (*httptest.Server, <-chan demoOutcome) {
 	outcomes := make(chan demoOutcome, 1) // one request at a time
-	clock := func() time.Time { return start }
 	v := falwebhook.NewVerifier(
-		falwebhook.WithKeys(&falwebhook.JWKS{URL: ks.URL, Client: ks.Client(), Clock: clock}),
-		falwebhook.WithClock(clock),
+		falwebhook.WithKeys(&falwebhook.JWKS{URL: ks.URL, Client: ks.Client(), Clock: clock.Now}),
+		falwebhook.WithClock(clock.Now),
 		falwebhook.WithErrorHandler(func(w http.ResponseWriter, r *http.Request, err error) {
 			outcomes <- demoOutcome{err: err}
 			falwebhook.WriteError(w, err)
@@ -118,15 +135,36 @@ func startDemoReceiver(ks *faltest.KeyServer, start time.Time) (*httptest.Server
 	return httptest.NewServer(mux), outcomes
 }
 
-// demoCases returns the deliveries the demo sends, signed as of start.
-func demoCases(ctx context.Context, fal, stranger *faltest.Signer, start time.Time) []demoCase {
+// demoKeys are the demo's signers and the server publishing fal's keys.
+type demoKeys struct {
+	fal      *faltest.Signer // fal's key, published from the start
+	rotated  *faltest.Signer // fal's next key, published after the first fetch
+	stranger *faltest.Signer // never published
+	server   *faltest.KeyServer
+}
+
+// demoCases returns the deliveries the demo sends: the first six signed a
+// second before the receiver's clock reads at first, so before it fetches
+// the keys, then a key rotation.
+func demoCases(ctx context.Context, keys demoKeys, clock *faltest.Clock) []demoCase {
+	fal, stranger := keys.fal, keys.stranger
+	start := clock.Now().Add(-time.Second)
 	okBody, _ := sampleBody("ok", sampleRequestID)
 	sign := func(s *faltest.Signer, d faltest.Delivery) func(string) (*http.Request, error) {
-		if d.Time.IsZero() {
-			d.Time = start
+		return func(url string) (*http.Request, error) {
+			if d.Time.IsZero() {
+				d.Time = start
+			}
+			return s.NewClientRequest(ctx, url, d)
 		}
-		return func(url string) (*http.Request, error) { return s.NewClientRequest(ctx, url, d) }
 	}
+	now := func(s *faltest.Signer, d faltest.Delivery) func(string) (*http.Request, error) {
+		return func(url string) (*http.Request, error) {
+			d.Time = clock.Now()
+			return s.NewClientRequest(ctx, url, d)
+		}
+	}
+	rotatedBody := faltest.OKBody("9f0a1b2c-3d4e-4f5a-9b6c-7d8e9f0a1b2c", json.RawMessage(`{"images": [], "seed": 9}`))
 	return []demoCase{
 		{
 			name:       "ok",
@@ -162,7 +200,7 @@ func demoCases(ctx context.Context, fal, stranger *faltest.Signer, start time.Ti
 			sent: "signed 10 minutes ago (a replay)",
 			build: sign(fal, faltest.Delivery{
 				Body: faltest.OKBody("6a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d", map[string]any{"images": []any{}, "seed": 42}),
-				Time: start.Add(-10 * time.Minute),
+				Time: clock.Now().Add(-10 * time.Minute),
 			}),
 			wantStatus: http.StatusUnauthorized,
 			wantErr:    falwebhook.ErrTimestampOutOfRange,
@@ -191,6 +229,33 @@ func demoCases(ctx context.Context, fal, stranger *faltest.Signer, start time.Ti
 			wantStatus: http.StatusBadRequest,
 			wantErr:    falwebhook.ErrMissingHeader,
 		},
+		{
+			name: "new-key",
+			sent: "signed 1 s after the fetch by a key fal added since",
+			prepare: func() {
+				keys.server.SetSigners(fal, keys.rotated)
+				clock.Advance(time.Second)
+			},
+			build:      now(keys.rotated, faltest.Delivery{Body: rotatedBody}),
+			wantStatus: http.StatusServiceUnavailable,
+			wantErr:    falwebhook.ErrKeyNotFetched,
+		},
+		{
+			name: "late-forgery",
+			sent: "signed 1 s after the fetch by a key not in the JWKS",
+			build: now(stranger, faltest.Delivery{
+				Body: faltest.OKBody("0a1b2c3d-4e5f-4a6b-8c7d-8e9f0a1b2c3d", json.RawMessage(`{"images": [], "seed": 10}`)),
+			}),
+			wantStatus: http.StatusServiceUnavailable,
+			wantErr:    falwebhook.ErrKeyNotFetched,
+		},
+		{
+			name:       "new-key-retry",
+			sent:       "new-key's delivery, retried 60 s later",
+			prepare:    func() { clock.Advance(time.Minute) },
+			build:      now(keys.rotated, faltest.Delivery{Body: rotatedBody}),
+			wantStatus: http.StatusOK,
+		},
 	}
 }
 
@@ -199,6 +264,9 @@ func demoCases(ctx context.Context, fal, stranger *faltest.Signer, start time.Ti
 func runDemoCases(client *http.Client, url string, cases []demoCase, outcomes <-chan demoOutcome) (t *table, failed int, err error) {
 	t = &table{header: []string{"CASE", "SENT", "HTTP", "VERDICT", "EXPECTED?"}}
 	for _, c := range cases {
+		if c.prepare != nil {
+			c.prepare()
+		}
 		req, err := c.build(url)
 		if err != nil {
 			return nil, 0, fmt.Errorf("building %s: %w", c.name, err)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/falwebhook/falwebhook"
@@ -15,9 +16,14 @@ import (
 // tables and log lines; "" for nil.
 func reason(err error) string {
 	var te *falwebhook.TimestampError
+	var kn *falwebhook.KeyNotFetchedError
 	switch {
 	case err == nil:
 		return ""
+	case errors.As(err, &kn):
+		return fmt.Sprintf("key not fetched yet, retry in %ds", int64(kn.RetryAfter/time.Second))
+	case errors.Is(err, falwebhook.ErrKeyNotFetched):
+		return "key not fetched yet"
 	case errors.As(err, &te) && te.Skew < 0:
 		return fmt.Sprintf("stale timestamp (%+ds)", te.Skew)
 	case errors.As(err, &te):

@@ -7,7 +7,9 @@ import (
 	"io"
 	"log"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -145,6 +147,7 @@ func pingClient(o *redis.Options) *redis.Client {
 type readiness struct {
 	now      func() time.Time
 	ping     func(ctx context.Context) error // nil without --redis
+	db       func(ctx context.Context) error // the inbox's database; nil without --inbox
 	refresh  func(ctx context.Context) error // fetches the keys; nil for a file
 	stopping atomic.Bool
 
@@ -202,6 +205,14 @@ func (rd *readiness) check(ctx context.Context) []string {
 			problems = append(problems, "redis: no answer to PING within "+readyPingTimeout.String()+": "+err.Error())
 		}
 	}
+	if rd.db != nil {
+		pctx, cancel := context.WithTimeout(ctx, readyPingTimeout)
+		err := rd.db(pctx)
+		cancel()
+		if err != nil {
+			problems = append(problems, "inbox database: no answer within "+readyPingTimeout.String()+": "+err.Error())
+		}
+	}
 	return problems
 }
 
@@ -229,6 +240,56 @@ func adminHandler(rd *readiness, reg *prometheus.Registry, errLog promhttp.Logge
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: errLog}))
 	return mux
+}
+
+// adminHostGuard answers 421 to a request to the admin listener whose Host
+// is neither localhost, nor an IP address, nor one of names (compared
+// without case or port): a page that rebinds its own DNS name to this
+// address, so as to read /metrics from a browser, sends its own name as
+// the Host. An IP address cannot be rebound, so probes and scrapers that
+// reach the listener by address (a Kubernetes probe sends the pod's IP)
+// are answered.
+func adminHostGuard(names []string, next http.Handler) http.Handler {
+	allowed := map[string]bool{"localhost": true}
+	for _, n := range names {
+		allowed[strings.ToLower(n)] = true
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !adminHostAllowed(r.Host, allowed) {
+			w.Header().Set("Connection", "close")
+			http.Error(w, "misdirected request: the admin listener answers only to localhost, an IP address or an --admin-host name", http.StatusMisdirectedRequest)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// adminHostAllowed reports whether host, a request's Host (with or without
+// a port), is an IP address or in allowed.
+func adminHostAllowed(host string, allowed map[string]bool) bool {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	} else if strings.HasPrefix(host, "[") && strings.HasSuffix(host, "]") {
+		host = host[1 : len(host)-1] // [::1] without a port
+	}
+	if _, err := netip.ParseAddr(host); err == nil {
+		return true
+	}
+	return allowed[strings.ToLower(host)]
+}
+
+// validAdminHost reports whether name can be an --admin-host: a host name
+// without a port, such as falwebhook.internal.
+func validAdminHost(name string) bool {
+	if name == "" || len(name) > 253 {
+		return false
+	}
+	for _, r := range name {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '.' || r == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 // sizeFlag is a byte size flag: a number of bytes, optionally with a

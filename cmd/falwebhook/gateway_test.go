@@ -8,6 +8,7 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"regexp"
 	"slices"
 	"strconv"
@@ -97,10 +98,38 @@ func TestListenAdmin(t *testing.T) {
 	dir := t.TempDir()
 	fal := faltest.SignerFromName("listen test: fal")
 	jwks := writeTestFile(t, dir, "jwks.json", faltest.JWKS(fal))
-	l := startListen(t, "--jwks", jwks, "--user-id", "me")
+	l := startListen(t, "--jwks", jwks, "--user-id", "me", "--admin-host", "Gateway.internal,metrics.internal", "--admin-host", "other.internal")
 
 	if status, body := get(t, l.admin+"/healthz"); status != http.StatusOK || body != "ok\n" {
 		t.Errorf("/healthz answered %d %q, want 200 ok", status, body)
+	}
+	// A page that rebinds its own name to the admin address sends that
+	// name as the Host: it is answered 421, with nothing of the endpoint's.
+	_, port, _ := net.SplitHostPort(strings.TrimPrefix(l.admin, "http://"))
+	for _, tc := range []struct {
+		host string
+		want int
+	}{
+		{"rebind.example:" + port, http.StatusMisdirectedRequest},
+		{"rebind.example", http.StatusMisdirectedRequest},
+		{"localhost.rebind.example", http.StatusMisdirectedRequest},
+		{"localhost:" + port, http.StatusOK},
+		{"127.0.0.1:" + port, http.StatusOK},
+		{"gateway.internal:" + port, http.StatusOK},
+		{"METRICS.internal", http.StatusOK},
+		{"other.internal", http.StatusOK},
+	} {
+		for _, path := range []string{"/healthz", "/readyz", "/metrics"} {
+			req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, l.admin+path, nil)
+			req.Host = tc.host
+			status, body := do(t, req)
+			if status != tc.want {
+				t.Errorf("%s with Host %q answered %d, want %d", path, tc.host, status, tc.want)
+			}
+			if tc.want != http.StatusOK && (strings.Contains(body, "falwebhook_") || strings.Contains(body, "ready") || strings.Contains(body, "ok")) {
+				t.Errorf("%s with Host %q leaked the endpoint's answer: %q", path, tc.host, body)
+			}
+		}
 	}
 	if status, body := get(t, l.admin+"/readyz"); status != http.StatusOK || body != "ready\n" {
 		t.Errorf("/readyz with static keys answered %d %q, want 200 ready", status, body)
@@ -166,7 +195,7 @@ func TestListenReadyKeys(t *testing.T) {
 	ks := faltest.NewKeyServer(fal)
 	defer ks.Close()
 	ks.FailNext(1, http.StatusInternalServerError) // the startup fetch
-	l := startListen(t, "--jwks", ks.URL, "--json")
+	l := startListen(t, "--user-id", faltest.DefaultUserID, "--jwks", ks.URL, "--json")
 	l.stderr.waitFor(waitCtx(t), t, "dedupe")
 	status, body := get(t, l.admin+"/readyz")
 	if status != http.StatusServiceUnavailable || body != "not ready: keys: no JWKS fetch has succeeded yet\n" {
@@ -207,7 +236,7 @@ func TestListenRedisDown(t *testing.T) {
 	dead := ln.Addr().String()
 	ln.Close()
 
-	l := startListen(t, "--jwks", jwks, "--forward", target.URL, "--redis", "redis://"+dead+"/0")
+	l := startListen(t, "--user-id", faltest.DefaultUserID, "--jwks", jwks, "--forward", target.URL, "--redis", "redis://"+dead+"/0")
 	stderr := l.stderr.waitFor(waitCtx(t), t, "did not answer PING")
 	wantContains(t, "stderr", stderr, "dedupe in Redis at "+dead+" by request id")
 	status, body := get(t, l.admin+"/readyz")
@@ -240,7 +269,7 @@ func TestListenPath(t *testing.T) {
 		{[]string{"--path", "/"}, []string{"/", "/anything", "/fal/webhook"}, nil},
 	} {
 		t.Run(fmt.Sprint(tc.args), func(t *testing.T) {
-			l := startListen(t, append([]string{"--jwks", jwks}, tc.args...)...)
+			l := startListen(t, append([]string{"--user-id", faltest.DefaultUserID, "--jwks", jwks}, tc.args...)...)
 			for i, p := range tc.ok {
 				if status, _ := post(t, fal, l.url+p, faltest.OKBody(fmt.Sprintf("p-%d", i), nil)); status != http.StatusOK {
 					t.Errorf("POST %s answered %d, want 200", p, status)
@@ -264,7 +293,7 @@ func TestListenMaxBody(t *testing.T) {
 	dir := t.TempDir()
 	fal := faltest.SignerFromName("listen test: fal")
 	jwks := writeTestFile(t, dir, "jwks.json", faltest.JWKS(fal))
-	l := startListen(t, "--jwks", jwks, "--max-body", "1KiB", "--body-budget", "1MiB")
+	l := startListen(t, "--user-id", faltest.DefaultUserID, "--jwks", jwks, "--max-body", "1KiB", "--body-budget", "1MiB")
 	small := faltest.OKBody("small", json.RawMessage(`"`+strings.Repeat("x", 900)+`"`))
 	large := faltest.OKBody("large", json.RawMessage(`"`+strings.Repeat("x", 1000)+`"`))
 	if len(small) > 1024 || len(large) <= 1024 {
@@ -283,7 +312,7 @@ func TestListenJSONLogs(t *testing.T) {
 	fal := faltest.SignerFromName("listen test: fal")
 	ks := faltest.NewKeyServer(fal)
 	defer ks.Close()
-	l := startListen(t, "--json", "--jwks", ks.URL)
+	l := startListen(t, "--user-id", faltest.DefaultUserID, "--json", "--jwks", ks.URL)
 	l.stderr.waitFor(waitCtx(t), t, "dedupe")
 	stderr := l.stderr.waitFor(waitCtx(t), t, "JWKS fetched") // logged after the keys are in use
 	var msgs []string
@@ -307,6 +336,37 @@ func TestListenJSONLogs(t *testing.T) {
 	}
 	if !strings.Contains(l.stderr.String(), `"msg":"stopped"`) {
 		t.Errorf("no JSON record of the stop:\n%s", l.stderr.String())
+	}
+}
+
+// TestAdminHostGuard: the admin endpoints answer only to loopback names,
+// IP addresses and the configured names, with or without a port.
+func TestAdminHostGuard(t *testing.T) {
+	h := adminHostGuard([]string{"Prom.Internal"}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("secret metrics"))
+	}))
+	for _, tc := range []struct {
+		host string
+		want int
+	}{
+		{"localhost", 200}, {"localhost:8788", 200}, {"LOCALHOST:8788", 200},
+		{"127.0.0.1", 200}, {"127.0.0.1:8788", 200}, {"[::1]", 200}, {"[::1]:8788", 200},
+		{"10.1.2.3:8788", 200}, {"[fd00::7]:8788", 200}, // an address cannot be rebound
+		{"prom.internal", 200}, {"prom.internal:9090", 200},
+		{"", 421}, {":8788", 421}, {"evil.example", 421}, {"evil.example:8788", 421},
+		{"localhost.evil.example", 421}, {"127.0.0.1.nip.io", 421}, {"prom.internal.evil.example", 421},
+		{"0x7f.1", 421}, {"[evil.example]:8788", 421}, {"::1", 200},
+	} {
+		req := httptest.NewRequest(http.MethodGet, "/metrics", nil)
+		req.Host = tc.host
+		rr := httptest.NewRecorder()
+		h.ServeHTTP(rr, req)
+		if rr.Code != tc.want {
+			t.Errorf("Host %q: answered %d, want %d", tc.host, rr.Code, tc.want)
+		}
+		if tc.want != 200 && strings.Contains(rr.Body.String(), "secret") {
+			t.Errorf("Host %q: the endpoint's answer leaked: %q", tc.host, rr.Body.String())
+		}
 	}
 }
 

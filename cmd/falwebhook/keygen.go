@@ -76,7 +76,7 @@ func runKeygen(_ context.Context, e *env, args []string) int {
 	fmt.Fprintf(e.stdout, "wrote %s (private key, PEM PKCS #8, mode 0600)\n", *outKey)
 	fmt.Fprintf(e.stdout, "wrote %s (JWKS, 1 Ed25519 key)\n", *outJWKS)
 	fmt.Fprintf(e.stdout, "  kid %s\n  x   %s\n", signer.KeyID(), keyX(pub))
-	fmt.Fprintf(e.stdout, "\nreceive: falwebhook listen --jwks %s\n", *outJWKS)
+	fmt.Fprintf(e.stdout, "\nreceive: falwebhook listen --jwks %s --user-id %s\n", *outJWKS, faltest.DefaultUserID)
 	fmt.Fprintf(e.stdout, "send:    falwebhook send --key %s http://127.0.0.1:8787/fal/webhook\n", *outKey)
 	return exitOK
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -11,9 +12,12 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/redis/go-redis/v9"
 	"go.opentelemetry.io/otel/codes"
@@ -30,17 +34,23 @@ Listen runs a webhook receiver that verifies every delivery with falwebhook's
 Verifier and Middleware, at --path (default /fal/webhook; a path ending in /
 takes everything under it, so --path / takes any path; other paths get 404),
 and prints one line per delivery: time, HTTP status answered, request id,
-user id, event status, verdict. Genuine deliveries are answered 200; forged
-or malformed ones 400/401; 503 when keys cannot be fetched, so that fal
-retries. Bodies are limited to --max-body (default 25MiB), and the bytes
-of bodies not yet verified, across all deliveries, to --body-budget
-(default 64MiB or twice --max-body; beyond it 503, so that fal retries);
-a body must arrive within 30s.
+user id, event status, verdict. What the sender chose (request and user
+id, method, path) is shown cut to 128 bytes, marked with its full length,
+and in text lines with control characters and bytes that are not UTF-8
+escaped (\n, \xff), so that a forgery costs one short line of log.
+Genuine deliveries are answered 200; forged or malformed ones 400/401;
+503 when keys cannot be fetched, so that fal retries. Bodies are limited
+to --max-body (default 25MiB), and the bytes of bodies not yet verified,
+across all deliveries, to --body-budget (default 64MiB or twice
+--max-body; beyond it 503, so that fal retries); a body must arrive
+within 30s.
 
-The user id is the fal account a delivery is for. With --user-id
-(repeatable) only deliveries for those users are accepted; any other is
-answered 403, since every fal customer can have genuine deliveries sent to
-your URL. Run without it once to see yours.
+The user id is the fal account a delivery is for. Every fal customer can
+have genuine deliveries sent to your URL, so listen needs --user-id
+(repeatable): only deliveries for those users are accepted, any other is
+answered 403. --any-user accepts every account's deliveries instead: run
+with it once to see your user id on each line, or in front of an app that
+checks the user id itself.
 
 Deliveries are deduplicated in memory by request id: a repeat of one that
 was handled with a 2xx (a retry by fal, or a replayed capture inside the
@@ -54,12 +64,44 @@ With --forward URL, each verified delivery is POSTed to your app, in any
 language, at exactly URL (the delivery's own query string is dropped), with
 the body byte for byte and only these headers: the four X-Fal-Webhook-*
 (so the app can verify it again), Content-Type: application/json,
-Content-Length, X-Forwarded-For/-Host/-Proto (ours; the sender's are
-dropped), Falwebhook-Verified: true (trust it only when nothing but
-listen can reach the app) and a W3C traceparent naming the delivery's
+Content-Length, X-Forwarded-For (the sender's IP address, as listen saw
+it) and X-Forwarded-Proto: http (the sender's own forwarding headers, and
+the Host it sent, are dropped; the app gets its own host as Host),
+Falwebhook-Verified: true (trust it only when nothing but listen can reach
+the app) and a W3C traceparent naming the delivery's
 trace (the sender's own is dropped). The app's answer is relayed back to
 fal; when the app cannot be reached within --forward-timeout the answer is
 502. Deliveries that fail verification never reach the app.
+
+With --inbox sqlite:PATH or --inbox postgres://URL (or postgresql://;
+needs --forward), each verified delivery is stored in a durable inbox (a
+River job queue) and answered 200 once the store has committed, in
+milliseconds however slow the app is; a repeat of a stored request id is
+answered 200 (Falwebhook-Duplicate: completed) and not stored again; while
+the database fails, deliveries get 503 and fal retries: nothing is
+acknowledged that is not stored. Workers in the same process (at most
+--inbox-workers at once, default 16) then POST each stored delivery to the
+app as above, adding Idempotency-Key (the request id), Falwebhook-Attempt
+(1, 2, ...) and Falwebhook-Source (webhook, or reconcile), but without
+X-Fal-Webhook-Timestamp, X-Fal-Webhook-Signature and X-Forwarded-*: the
+signature is checked here at receipt, and an attempt may come hours later.
+Each attempt may take --forward-timeout (default 5m with --inbox). Any
+answer but 2xx, 4xx included (the app may be misconfigured), or none, is
+retried with backoff: 15s doubling to 1h, 12 attempts over about 4h, then
+the delivery is discarded. Toward the app this is at-least-once: only a
+delivery being forwarded when the gateway died may reach it twice, with
+the same Idempotency-Key, so have the app skip keys it has processed.
+A SQLite file belongs to one process (a second listen on it is refused),
+which on start resumes at once what a killed predecessor was forwarding.
+For replicas, point them all at one Postgres database (River's tables are
+migrated at start): each delivery is stored once between them, and what a
+killed replica was forwarding is resumed by another once --forward-timeout
+plus 1m has passed since the attempt began. The inbox is the dedupe:
+--redis and --no-dedupe are refused with it. /readyz also fails while the
+database does not answer within 1s; /metrics adds falwebhook_inbox_*:
+queue depth, oldest waiting delivery, jobs by state, forward attempts and
+failures. On SIGINT or SIGTERM, forwards in flight finish too, within
+--shutdown-timeout; those cut off are forwarded again later.
 
 Keys come from --jwks: fal's JWKS URL by default (cached, refreshed as fal
 rotates keys), another URL, or a JWKS file such as keygen writes.
@@ -70,7 +112,10 @@ are loaded and, with --redis, Redis answers a PING within 1s; otherwise 503
 saying what is not ready, and keys not loaded are fetched again, at most
 every 10s) and /metrics (Prometheus text: deliveries by
 outcome, verification time, JWKS fetches, keys and their age, Go runtime).
-Keep it off the public network.
+Keep it off the public network. It answers only requests whose Host is
+localhost, an IP address or a name given with --admin-host (repeatable or
+comma-separated); any other gets 421, so that a web page that points its
+own DNS name at this address cannot read it from a browser.
 
 The first line on stdout is "listening on http://ADDR" (with --json, the
 object {"listening":"http://ADDR"}), so --addr 127.0.0.1:0 picks a free port;
@@ -90,11 +135,14 @@ type listenFlags struct {
 	path, adminAddr     string
 	redis               string
 	jsonOut, noDedupe   bool
+	anyUser             bool
 	userIDs             stringList
+	adminHosts          stringList
 	maxBody, bodyBudget sizeFlag
 	forwardTimeout      *time.Duration
 	tolerance           *time.Duration
 	shutdownTimeout     *time.Duration
+	inbox               inboxFlags
 }
 
 // listenLine is one delivery in --json output.
@@ -144,7 +192,8 @@ type record struct {
 	forwarded bool
 	fwdStatus int
 	fwdErr    error
-	aborted   bool // the relay of the app's answer broke off
+	aborted   bool   // the relay of the app's answer broke off
+	queued    string // with --inbox: what became of it (its verdict)
 }
 
 type recordKey struct{}
@@ -214,7 +263,16 @@ func runListen(ctx context.Context, e *env, args []string) int {
 	if dd != nil {
 		next = dd.Middleware(next)
 	}
-	rc.verify = falwebhook.NewVerifier(opts...).Middleware(next)
+	v := falwebhook.NewVerifier(opts...)
+	rc.verify = v.Middleware(next)
+	var ib *gatewayInbox
+	if f.inbox.spec != "" {
+		if ib, err = openInbox(ctx, f, rc, tel, lg); err != nil {
+			return fail("--inbox: %v", err)
+		}
+		defer ib.close()
+		rc.verify, rc.ready.db = ib.serveHTTP(v), ib.ping
+	}
 
 	ln, err := net.Listen("tcp", f.addr)
 	if err != nil {
@@ -232,12 +290,25 @@ func runListen(ctx context.Context, e *env, args []string) int {
 		rc.announce("admin", "http://"+adminLn.Addr().String())
 	}
 	rc.describeSetup(ctx, f, warm, rdb, info)
+	sv := servers{ln: ln, adminLn: adminLn}
+	if ib != nil {
+		ib.describe(info)
+		if err := ib.run(ctx); err != nil {
+			ln.Close()
+			if adminLn != nil {
+				adminLn.Close()
+			}
+			return fail("%v", err)
+		}
+		sv.drain = ib.drain
+	}
 
 	var admin http.Handler
 	if adminLn != nil {
-		admin = adminHandler(rc.ready, tel.reg, lg.std("metrics: "))
+		admin = adminHostGuard(f.adminHosts, adminHandler(rc.ready, tel.reg, lg.std("metrics: ")))
 	}
-	if err := serve(ctx, servers{ln: ln, adminLn: adminLn, admin: admin}, rc, *f.shutdownTimeout, dd, lg); err != nil {
+	sv.admin = admin
+	if err := serve(ctx, sv, rc, *f.shutdownTimeout, dd, lg); err != nil {
 		return fail("%v", err)
 	}
 	return exitOK
@@ -251,17 +322,20 @@ func parseListenFlags(e *env, args []string) (f *listenFlags, code int, ok bool)
 	fs.StringVar(&f.addr, "addr", "127.0.0.1:8787", "listen on `host:port` (port 0 picks a free one)")
 	fs.StringVar(&f.path, "path", "/fal/webhook", "take deliveries at this `path` (ending in /: everything under it)")
 	fs.StringVar(&f.adminAddr, "admin-addr", "127.0.0.1:8788", "serve /healthz, /readyz and /metrics on `host:port` (\"\": off)")
+	fs.Var(&f.adminHosts, "admin-host", "answer admin requests for this host `name` too, besides localhost and IP addresses (repeatable or comma-separated); others get 421")
 	fs.StringVar(&f.redis, "redis", "", "dedupe in the Redis at `host:port or redis:// URL`, shared by replicas (default: in memory)")
 	fs.Var(&f.maxBody, "max-body", "largest body accepted, in `bytes` (or KiB, MiB, GiB; default 25MiB); larger gets 413")
 	fs.Var(&f.bodyBudget, "body-budget", "most `bytes` of bodies not yet verified held at once, all deliveries together (default 64MiB or twice --max-body); beyond it 503")
 	fs.StringVar(&f.jwks, "jwks", falwebhook.DefaultJWKSURL, "JWKS `URL or file` holding the public keys")
 	fs.BoolVar(&f.jsonOut, "json", false, "print one JSON object per delivery instead of a text line, and log JSON on stderr")
 	fs.StringVar(&f.forward, "forward", "", "pass verified deliveries to the app at `URL` and relay its answer")
-	fs.Var(&f.userIDs, "user-id", "accept only deliveries for this fal user `ID` (repeatable); others get 403")
+	fs.Var(&f.userIDs, "user-id", "accept only deliveries for this fal user `ID` (repeatable; required unless --any-user); others get 403")
+	fs.BoolVar(&f.anyUser, "any-user", false, "accept deliveries for any fal user instead of --user-id (each line shows the user id)")
 	fs.BoolVar(&f.noDedupe, "no-dedupe", false, "handle (and forward) every verified delivery, even a repeat of a request id already handled")
-	f.forwardTimeout = durationVar(fs, "forward-timeout", 15*time.Second, "give up on the app after this `duration` (502); fal itself waits 15s")
+	f.forwardTimeout = durationVar(fs, "forward-timeout", 15*time.Second, "give up on the app after this `duration` (502); fal itself waits 15s (with --inbox: per attempt, default 5m)")
 	f.tolerance = durationVar(fs, "tolerance", 5*time.Minute, "largest accepted `skew` between a delivery's timestamp and now")
 	f.shutdownTimeout = durationVar(fs, "shutdown-timeout", 30*time.Second, "on SIGINT/SIGTERM, wait this `duration` for deliveries in flight")
+	f.inbox.register(fs)
 	pos, code, ok := parseArgs(fs, args)
 	if !ok {
 		return nil, code, false
@@ -276,10 +350,27 @@ func parseListenFlags(e *env, args []string) (f *listenFlags, code int, ok bool)
 		return fail("--tolerance, --forward-timeout and --shutdown-timeout must be positive (tolerance at least 1s)")
 	case slices.Contains(f.userIDs, ""):
 		return fail("--user-id must not be empty")
+	case len(f.userIDs) == 0 && !f.anyUser:
+		return fail("--user-id is required: every fal customer can have genuine deliveries sent to your URL, and without it listen would accept them all as verified. Pin your fal account with --user-id ID (run once with --any-user to see it on each delivery's line), or pass --any-user to accept every account")
+	case len(f.userIDs) > 0 && f.anyUser:
+		return fail("--user-id and --any-user contradict each other")
 	case !validPath(f.path):
 		return fail("--path %q: want an absolute URL path such as /fal/webhook", f.path)
 	case f.redis != "" && f.noDedupe:
 		return fail("--redis and --no-dedupe contradict each other")
+	}
+	var hosts stringList
+	for _, v := range f.adminHosts {
+		for n := range strings.SplitSeq(v, ",") {
+			if n = strings.TrimSpace(n); !validAdminHost(n) {
+				return fail("--admin-host %q: want host names without a port, such as falwebhook.internal", v)
+			}
+			hosts = append(hosts, n)
+		}
+	}
+	f.adminHosts = hosts
+	if msg := checkInboxFlags(fs, f); msg != "" {
+		return fail("%s", msg)
 	}
 	return f, 0, true
 }
@@ -294,10 +385,11 @@ func (rc *receiver) verifierOptions(f *listenFlags, rdb *redis.Client, lg *liste
 		falwebhook.WithMaxBodySize(f.maxBody.n),
 		falwebhook.WithBodyBudget(f.bodyBudget.n),
 	}
-	if len(f.userIDs) > 0 { // WithUserIDs with none would refuse everything
+	if !f.anyUser { // parseListenFlags made sure there are some: WithUserIDs with none would refuse everything
 		opts = append(opts, falwebhook.WithUserIDs(f.userIDs...))
 	}
 	switch {
+	case f.inbox.spec != "": // the inbox's unique job is the dedupe
 	case rdb != nil:
 		dd = &falwebhook.Dedupe{Store: redisdedupe.New(rdb), Logger: lg.slog}
 	case !f.noDedupe:
@@ -372,7 +464,7 @@ func (rc *receiver) describeSetup(ctx context.Context, f *listenFlags, warm *fal
 	if len(rc.userIDs) > 0 {
 		info("accepting only deliveries for user ids %s (others get 403)", strings.Join(rc.userIDs, ", "))
 	} else {
-		info("accepting deliveries for any fal user: each line shows the user id; pin yours with --user-id")
+		info("accepting deliveries for any fal user (--any-user): each line shows the user id; pin yours with --user-id")
 	}
 	switch {
 	case rdb != nil:
@@ -380,6 +472,8 @@ func (rc *receiver) describeSetup(ctx context.Context, f *listenFlags, warm *fal
 		if err := rc.ready.ping(ctx); err != nil {
 			info("warning: Redis at %s did not answer PING: %v (deliveries get 503 until it does)", rdb.Options().Addr, err)
 		}
+	case f.inbox.spec != "":
+		info("dedupe by the inbox: one job per request id, kept a day after it is forwarded; a repeat is answered 200 and not forwarded again")
 	case f.noDedupe:
 		info("dedupe off: a repeat of a delivery is handled again")
 	default:
@@ -395,6 +489,7 @@ func (rc *receiver) describeSetup(ctx context.Context, f *listenFlags, warm *fal
 type servers struct {
 	ln, adminLn net.Listener
 	admin       http.Handler
+	drain       func(context.Context) error // with --inbox: stops the forwarder
 }
 
 // serve serves rc on sv.ln, and the admin handler on sv.adminLn, until ctx
@@ -466,6 +561,11 @@ func serve(ctx context.Context, sv servers, rc *receiver, timeout time.Duration,
 	if dd != nil {
 		if err := dd.Shutdown(sctx); err != nil {
 			return fmt.Errorf("shutdown: dedupe bookkeeping unfinished: %w", err)
+		}
+	}
+	if sv.drain != nil {
+		if err := sv.drain(sctx); err != nil {
+			return fmt.Errorf("shutdown: %w", err)
 		}
 	}
 	lg.info("stopped")
@@ -547,16 +647,42 @@ func (rc *receiver) accept(w http.ResponseWriter, r *http.Request) {
 	rec.forwarded = true
 	ctx, cancel := context.WithTimeout(r.Context(), rc.timeout)
 	defer cancel()
-	rc.proxy.ServeHTTP(w, r.WithContext(ctx))
+	r = r.WithContext(ctx)
+	if n := r.ContentLength; n > 0 && n <= inMemoryForward && r.GetBody != nil {
+		// A body net/http knows to be in memory goes out with the
+		// headers in one write, not in a write of its own.
+		// r.Body is left as it is unless the copy is whole.
+		if src, err := r.GetBody(); err == nil {
+			b := make([]byte, n)
+			if _, err := io.ReadFull(src, b); err == nil {
+				r.Body = io.NopCloser(bytes.NewReader(b))
+			}
+		}
+	}
+	rc.proxy.ServeHTTP(w, r)
 }
+
+// forwardIdleConns is how many idle connections to the app the proxy
+// keeps: as many as there are deliveries in flight, up to this many, so
+// that each delivery reuses one instead of opening its own (a connection
+// closed after use sits a minute in TIME_WAIT, and a busy gateway would
+// run its host out of ephemeral ports).
+const forwardIdleConns = 256
+
+// inMemoryForward is the largest verified body copied before it is
+// forwarded, so that the request to the app takes one write.
+const inMemoryForward = 64 << 10
 
 // newProxy returns the reverse proxy to the app, logging to stderr.
 func (rc *receiver) newProxy(lg *listenLog) *httputil.ReverseProxy {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.DisableCompression = true // ask for no gzip: relay the app's answer byte for byte
+	tr.MaxIdleConns = forwardIdleConns
+	tr.MaxIdleConnsPerHost = forwardIdleConns // one host: the app
 	return &httputil.ReverseProxy{
-		Rewrite:   rc.rewrite,
-		Transport: tr,
+		Rewrite:    rc.rewrite,
+		Transport:  tr,
+		BufferPool: &copyBuffers{},
 		ModifyResponse: func(resp *http.Response) error {
 			rec := recordOf(resp.Request.Context())
 			rec.status, rec.fwdStatus = resp.StatusCode, resp.StatusCode
@@ -570,6 +696,19 @@ func (rc *receiver) newProxy(lg *listenLog) *httputil.ReverseProxy {
 		ErrorLog: lg.std(""),
 	}
 }
+
+// copyBuffers lends the proxy the buffers it relays the app's answers
+// through, instead of it allocating 32 KiB for each.
+type copyBuffers struct{ pool sync.Pool }
+
+func (c *copyBuffers) Get() []byte {
+	if b, ok := c.pool.Get().(*[]byte); ok {
+		return *b
+	}
+	return make([]byte, 32<<10)
+}
+
+func (c *copyBuffers) Put(b []byte) { c.pool.Put(&b) }
 
 // rewrite makes the request to the app. Its headers are built from
 // scratch, after the proxy has taken the hop-by-hop ones off its copy of
@@ -590,20 +729,71 @@ func (rc *receiver) rewrite(pr *httputil.ProxyRequest) {
 		"Content-Type":             {"application/json"}, // the body is a verified JSON event
 		headerVerified:             {"true"},
 	}
-	pr.SetXForwarded()
+	// Not pr.SetXForwarded: it passes the sender's Host on as
+	// X-Forwarded-Host. The peer's address is what listen saw, not what
+	// the sender claims.
+	if ip, _, err := net.SplitHostPort(pr.In.RemoteAddr); err == nil {
+		pr.Out.Header.Set("X-Forwarded-For", ip)
+	}
+	pr.Out.Header.Set("X-Forwarded-Proto", "http") // listen serves no TLS
 	// The delivery's span, started by ServeHTTP.
 	propagation.TraceContext{}.Inject(pr.In.Context(), propagation.HeaderCarrier(pr.Out.Header))
+}
+
+// The most bytes a delivery's line shows of a value the sender chose, none
+// of it verified when the delivery is rejected: logMax of the method, path,
+// request id and user id, logErrMax of an error's text, which may quote one.
+// Longer values are cut and marked with their length, so that a forger's
+// megabyte of request id costs a line of log, not a megabyte.
+const (
+	logMax    = 128
+	logErrMax = 512
+)
+
+// clip returns s cut to at most max bytes, at a character boundary, and
+// marked with the length it had: "abc…(1048576 bytes)".
+func clip(s string, max int) string {
+	if len(s) <= max {
+		return s
+	}
+	cut := max
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…(" + strconv.Itoa(len(s)) + " bytes)"
+}
+
+// escape returns s with control and other unprintable characters, and
+// bytes that are not UTF-8, escaped as in a Go string literal (\n, \x1b,
+// \u202e, \xff), so that a sender can neither start a line of its own
+// nor make a terminal show what it was not sent.
+func escape(s string) string {
+	var b strings.Builder
+	for len(s) > 0 {
+		r, n := utf8.DecodeRuneInString(s)
+		switch {
+		case r == utf8.RuneError && n == 1:
+			fmt.Fprintf(&b, `\x%02x`, s[0])
+		case !unicode.IsPrint(r):
+			q := strconv.QuoteRune(r)
+			b.WriteString(q[1 : len(q)-1])
+		default:
+			b.WriteString(s[:n])
+		}
+		s = s[n:]
+	}
+	return b.String()
 }
 
 // log prints the delivery's line and returns the status answered.
 func (rc *receiver) log(r *http.Request, rec *record) int {
 	l := listenLine{
 		Time:          rc.now().UTC().Format(time.RFC3339),
-		Method:        r.Method,
-		Path:          r.URL.Path,
+		Method:        clip(r.Method, logMax),
+		Path:          clip(r.URL.Path, logMax),
 		Status:        rec.status,
-		RequestID:     rec.d.RequestID,
-		UserID:        rec.d.UserID,
+		RequestID:     clip(rec.d.RequestID, logMax),
+		UserID:        clip(rec.d.UserID, logMax),
 		Verdict:       "accepted",
 		ForwardStatus: rec.fwdStatus,
 		TraceID:       rec.traceID,
@@ -612,14 +802,14 @@ func (rc *receiver) log(r *http.Request, rec *record) int {
 		l.Status = rec.d.Status
 	}
 	if rec.ev != nil {
-		l.EventStatus = string(rec.ev.Status)
+		l.EventStatus = clip(string(rec.ev.Status), logMax)
 	}
 	switch rec.d.Outcome {
 	case "duplicate", "in_progress":
 		l.Verdict = "duplicate"
 	}
 	if err := rec.d.Err; err != nil {
-		l.Verdict, l.Reason, l.Error = "rejected", reason(err), err.Error()
+		l.Verdict, l.Reason, l.Error = "rejected", reason(err), clip(err.Error(), logErrMax)
 	}
 	if rec.fwdErr != nil {
 		l.ForwardError = rec.fwdErr.Error()
@@ -629,18 +819,19 @@ func (rc *receiver) log(r *http.Request, rec *record) int {
 		rc.out.printf("%s\n", b)
 		return l.Status
 	}
-	rc.out.printf("%s  %d  %-36s  %-16s  %-5s  %s\n", l.Time, l.Status, dash(l.RequestID), dash(l.UserID), dash(l.EventStatus), rc.verdict(rec))
+	rc.out.printf("%s  %d  %-36s  %-16s  %-5s  %s\n", l.Time, l.Status, escape(dash(l.RequestID)), escape(dash(l.UserID)), escape(dash(l.EventStatus)), rc.verdict(rec, l.UserID))
 	return l.Status
 }
 
-// verdict describes what became of a delivery, for its text line.
-func (rc *receiver) verdict(rec *record) string {
+// verdict describes what became of a delivery, for its text line; userID
+// is the delivery's, clipped.
+func (rc *receiver) verdict(rec *record, userID string) string {
 	err := rec.d.Err
 	switch {
 	case errors.Is(err, falwebhook.ErrUnexpectedUser):
-		return rejection(err) + ": " + userHint(rec.d.UserID, rc.userIDs)
+		return rejection(err) + ": " + escape(userHint(userID, rc.userIDs))
 	case err != nil && errDetail(err) != "":
-		return rejection(err) + ": " + errDetail(err)
+		return rejection(err) + ": " + escape(clip(errDetail(err), logErrMax))
 	case err != nil:
 		return rejection(err)
 	case rec.d.Outcome == "duplicate" && rc.proxy != nil:
@@ -649,6 +840,8 @@ func (rc *receiver) verdict(rec *record) string {
 		return "duplicate: already handled"
 	case rec.d.Outcome == "in_progress":
 		return "duplicate: still being handled; answered 409 so that fal retries"
+	case rec.queued != "":
+		return rec.queued
 	case !rec.forwarded:
 		return "accepted"
 	case rec.fwdErr != nil:

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -15,6 +17,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/falwebhook/falwebhook"
 	"github.com/falwebhook/falwebhook/faltest"
@@ -97,6 +100,7 @@ func (l *listener) stop(t *testing.T) int {
 type appRequest struct {
 	method string
 	uri    string
+	host   string
 	header http.Header
 	body   []byte
 }
@@ -113,7 +117,7 @@ func newApp(t *testing.T, h func(w http.ResponseWriter, r *http.Request)) *app {
 	a.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		a.mu.Lock()
-		a.reqs = append(a.reqs, appRequest{r.Method, r.RequestURI, r.Header.Clone(), body})
+		a.reqs = append(a.reqs, appRequest{r.Method, r.RequestURI, r.Host, r.Header.Clone(), body})
 		a.mu.Unlock()
 		h(w, r)
 	}))
@@ -160,11 +164,11 @@ func TestListenForward(t *testing.T) {
 		w.WriteHeader(http.StatusAccepted)
 		io.WriteString(w, "queued by the app")
 	})
-	l := startListen(t, "--jwks", jwks, "--forward", target.URL+"/hooks/fal")
+	l := startListen(t, "--any-user", "--jwks", jwks, "--forward", target.URL+"/hooks/fal")
 	wctx := waitCtx(t)
 	wantContains(t, "stderr", l.stderr.waitFor(wctx, t, "forwarding"),
 		"keys: 1 Ed25519 key from "+jwks,
-		"accepting deliveries for any fal user: each line shows the user id; pin yours with --user-id",
+		"accepting deliveries for any fal user (--any-user): each line shows the user id; pin yours with --user-id",
 		"dedupe in memory by request id",
 		"forwarding verified deliveries to "+target.URL)
 
@@ -244,7 +248,7 @@ func TestListenForwardsOnlyWhatWasVerified(t *testing.T) {
 	fal := faltest.SignerFromName("listen test: fal")
 	jwks := writeTestFile(t, dir, "jwks.json", faltest.JWKS(fal))
 	target := newApp(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })
-	l := startListen(t, "--jwks", jwks, "--forward", target.URL+"/hooks/fal?app=1", "--json")
+	l := startListen(t, "--any-user", "--jwks", jwks, "--forward", target.URL+"/hooks/fal?app=1", "--json")
 
 	body, _ := sampleBody("ok", sampleRequestID)
 	d := faltest.Delivery{Body: body, UserID: "user-1"}
@@ -275,6 +279,7 @@ func TestListenForwardsOnlyWhatWasVerified(t *testing.T) {
 		req.Header.Set(name, v)
 	}
 	req.Header.Add(headerVerified, "true")
+	req.Host = "sender-chosen.example" // a Host of the sender's, not a verified one
 	if status, _ := do(t, req); status != http.StatusOK {
 		t.Fatalf("genuine delivery answered %d, want the app's 200", status)
 	}
@@ -306,8 +311,10 @@ func TestListenForwardsOnlyWhatWasVerified(t *testing.T) {
 		"Content-Length":           {strconv.Itoa(len(body))},
 		headerVerified:             {"true"},
 		"X-Forwarded-For":          {"127.0.0.1"},
-		"X-Forwarded-Host":         {strings.TrimPrefix(l.url, "http://")},
 		"X-Forwarded-Proto":        {"http"},
+	}
+	if appHost := strings.TrimPrefix(target.URL, "http://"); fwd.host != appHost {
+		t.Errorf("the app got Host %q, want its own %q (the sender's Host is not passed on)", fwd.host, appHost)
 	}
 	if !reflect.DeepEqual(fwd.header, want) {
 		t.Errorf("the app got headers\n%s\nwant exactly\n%s", headerText(fwd.header), headerText(want))
@@ -370,7 +377,7 @@ func TestListenDedupe(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			target := newApp(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "handled") })
-			l := startListen(t, append([]string{"--jwks", jwks, "--forward", target.URL}, tc.args...)...)
+			l := startListen(t, append([]string{"--user-id", faltest.DefaultUserID, "--jwks", jwks, "--forward", target.URL}, tc.args...)...)
 			wctx := waitCtx(t)
 			if status, answer, _ := send(t, l.hook); status != http.StatusOK || answer != "handled" {
 				t.Fatalf("first delivery answered %d %q, want the app's 200", status, answer)
@@ -450,7 +457,7 @@ func TestListenForwardFailure(t *testing.T) {
 	goneURL := gone.URL
 	gone.Close()
 
-	l := startListen(t, "--jwks", jwks, "--forward", goneURL)
+	l := startListen(t, "--user-id", faltest.DefaultUserID, "--jwks", jwks, "--forward", goneURL)
 	body, _ := sampleBody("ok", sampleRequestID)
 	if status, _ := post(t, fal, l.hook, body); status != http.StatusBadGateway {
 		t.Errorf("forward to a dead app answered %d, want 502", status)
@@ -473,7 +480,7 @@ func TestListenRelayBreaksOff(t *testing.T) {
 			conn.Close()
 		}
 	})
-	l := startListen(t, "--jwks", jwks, "--forward", target.URL)
+	l := startListen(t, "--user-id", faltest.DefaultUserID, "--jwks", jwks, "--forward", target.URL)
 	req, _ := fal.NewClientRequest(t.Context(), l.hook, faltest.Delivery{Body: faltest.OKBody("cut-1", json.RawMessage(`{}`))})
 	if resp, err := http.DefaultClient.Do(req); err == nil {
 		if _, err := io.ReadAll(resp.Body); err == nil {
@@ -490,7 +497,7 @@ func TestListenJSONAndJWKSURL(t *testing.T) {
 	ks := faltest.NewKeyServer(fal)
 	defer ks.Close()
 
-	l := startListen(t, "--json", "--jwks", ks.URL)
+	l := startListen(t, "--user-id", faltest.DefaultUserID, "--json", "--jwks", ks.URL)
 	wctx := waitCtx(t)
 	l.stderr.waitFor(wctx, t, "keys: 1 Ed25519 key from "+ks.URL)
 	if first, _, _ := strings.Cut(l.stdout.String(), "\n"); first != `{"listening":"`+l.url+`"}` {
@@ -530,7 +537,7 @@ func TestListenKeysUnavailable(t *testing.T) {
 	ks := faltest.NewKeyServer(fal)
 	defer ks.Close()
 	ks.FailNext(5, http.StatusInternalServerError)
-	l := startListen(t, "--jwks", ks.URL)
+	l := startListen(t, "--user-id", faltest.DefaultUserID, "--jwks", ks.URL)
 	wctx := waitCtx(t)
 	stderr := l.stderr.waitFor(wctx, t, "dedupe")
 	wantContains(t, "stderr", stderr, "falwebhook listen: warning: keys unavailable: fetching JWKS: status 500, want 200 (deliveries get 503 until keys can be fetched)")
@@ -558,7 +565,7 @@ func TestListenGracefulShutdown(t *testing.T) {
 		<-release
 		io.WriteString(w, "done")
 	})
-	l := startListen(t, "--jwks", jwks, "--forward", target.URL)
+	l := startListen(t, "--user-id", faltest.DefaultUserID, "--jwks", jwks, "--forward", target.URL)
 	wctx := waitCtx(t)
 
 	type answer struct {
@@ -626,23 +633,235 @@ func TestListenUsageErrors(t *testing.T) {
 	dir := t.TempDir()
 	jwks := writeTestFile(t, dir, "jwks.json", faltest.JWKS(faltest.SignerFromName("x")))
 	for _, args := range [][]string{
-		{"listen", "--jwks", filepath.Join(dir, "missing.json")},
-		{"listen", "--jwks", jwks, "--addr", "256.0.0.1:bad"},
-		{"listen", "--jwks", jwks, "--forward", "not a url"},
-		{"listen", "--jwks", jwks, "--tolerance", "0s"},
-		{"listen", "--jwks", jwks, "extra"},
+		{"listen", "--any-user", "--jwks", filepath.Join(dir, "missing.json")},
+		{"listen", "--any-user", "--jwks", jwks, "--addr", "256.0.0.1:bad"},
+		{"listen", "--any-user", "--jwks", jwks, "--forward", "not a url"},
+		{"listen", "--any-user", "--jwks", jwks, "--tolerance", "0s"},
+		{"listen", "--any-user", "--jwks", jwks, "extra"},
 		{"listen", "--jwks", jwks, "--user-id", ""},
-		{"listen", "--jwks", jwks, "--path", "fal/webhook"},
-		{"listen", "--jwks", jwks, "--path", "/a b"},
-		{"listen", "--jwks", jwks, "--redis", "127.0.0.1:1", "--no-dedupe"},
-		{"listen", "--jwks", jwks, "--redis", "http://127.0.0.1:1"},
-		{"listen", "--jwks", jwks, "--max-body", "-1"},
-		{"listen", "--jwks", jwks, "--body-budget", "lots"},
-		{"listen", "--jwks", jwks, "--addr", "127.0.0.1:0", "--admin-addr", "256.0.0.1:bad"},
+		{"listen", "--any-user", "--jwks", jwks, "--path", "fal/webhook"},
+		{"listen", "--any-user", "--jwks", jwks, "--path", "/a b"},
+		{"listen", "--any-user", "--jwks", jwks, "--redis", "127.0.0.1:1", "--no-dedupe"},
+		{"listen", "--any-user", "--jwks", jwks, "--redis", "http://127.0.0.1:1"},
+		{"listen", "--any-user", "--jwks", jwks, "--max-body", "-1"},
+		{"listen", "--any-user", "--jwks", jwks, "--body-budget", "lots"},
+		{"listen", "--any-user", "--jwks", jwks, "--addr", "127.0.0.1:0", "--admin-addr", "256.0.0.1:bad"},
+		{"listen", "--any-user", "--jwks", jwks, "--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--admin-host", ""},
+		{"listen", "--any-user", "--jwks", jwks, "--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--admin-host", "a.internal,"},
+		{"listen", "--any-user", "--jwks", jwks, "--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--admin-host", "a.internal:8788"},
+		{"listen", "--any-user", "--jwks", jwks, "--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--admin-host", "http://a.internal"},
 	} {
-		r = runCmd(t, "", args...)
+		r = runDone(t, args...)
 		if r.code != exitUsage || r.stderr == "" {
 			t.Errorf("%q: exit %d, stderr %q; want 2 with an error", args, r.code, r.stderr)
 		}
 	}
+	// Pinning is the default: without --user-id, listen refuses to start
+	// unless told that any account will do, and says why.
+	r = runDone(t, "listen", "--jwks", jwks, "--addr", "127.0.0.1:0", "--admin-addr", "")
+	if r.code != exitUsage {
+		t.Fatalf("listen without --user-id or --any-user: exit %d, want 2 (it must not start)\n%s", r.code, r)
+	}
+	wantContains(t, "stderr", r.stderr, "--user-id is required", "every fal customer can have genuine deliveries sent to your URL", "--any-user")
+	if r.stdout != "" {
+		t.Errorf("listen without --user-id printed %q: it must not listen", r.stdout)
+	}
+	r = runDone(t, "listen", "--jwks", jwks, "--user-id", "me", "--any-user")
+	if r.code != exitUsage || !strings.Contains(r.stderr, "--user-id and --any-user contradict each other") {
+		t.Errorf("listen with --user-id and --any-user: %s; want exit 2 saying they contradict", r)
+	}
+}
+
+// runDone runs the command in-process with a context already done, so that
+// a listen that should have refused to start but did returns at once.
+func runDone(t *testing.T, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	var stdout, stderr bytes.Buffer
+	code := run(ctx, args, strings.NewReader(""), &stdout, &stderr)
+	return result{code, stdout.String(), stderr.String()}
+}
+
+// TestListenLogBounded: what a forger sends reaches the log cut to a few
+// hundred bytes and escaped, so that a megabyte of request id costs a line,
+// not a megabyte, and no value can start a line of its own.
+func TestListenLogBounded(t *testing.T) {
+	dir := t.TempDir()
+	fal := faltest.SignerFromName("listen test: fal")
+	jwks := writeTestFile(t, dir, "jwks.json", faltest.JWKS(fal))
+	forger := faltest.SignerFromName("listen test: forger")
+	hugeID := strings.Repeat("r", 1_000_000)
+	for _, tc := range []struct {
+		name string
+		args []string
+	}{
+		{"text", nil},
+		{"json", []string{"--json"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := startListen(t, append([]string{"--any-user", "--jwks", jwks, "--path", "/"}, tc.args...)...)
+			sendForged := func(path string, d faltest.Delivery) {
+				t.Helper()
+				req, err := forger.NewClientRequest(t.Context(), l.url+path, d)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if status, _ := do(t, req); status != http.StatusUnauthorized {
+					t.Errorf("forgery to %s answered %d, want 401", path, status)
+				}
+			}
+			body := faltest.OKBody("small", json.RawMessage(`{}`))
+			sendForged("/"+strings.Repeat("p", 10_000), faltest.Delivery{RequestID: hugeID, UserID: strings.Repeat("u", 20_000), Body: body})
+			sendForged("/x%0A2026-01-01T00:00:00Z%20%20200%20%20fake%1B[2J", faltest.Delivery{RequestID: "id\xff\u202eevil", UserID: "last", Body: body})
+			// A method of the sender's is quoted by the error.
+			req, _ := http.NewRequestWithContext(t.Context(), strings.Repeat("M", 10_000), l.url+"/", nil)
+			req.Header.Set(falwebhook.HeaderUserID, "end")
+			if status, _ := do(t, req); status != http.StatusMethodNotAllowed {
+				t.Errorf("a 10,000-byte method answered %d, want 405", status)
+			}
+			out := l.stdout.waitFor(waitCtx(t), t, "MMMM")
+			lines := strings.Split(strings.TrimSpace(out), "\n")
+			if len(lines) != 5 { // two addresses, three requests
+				t.Fatalf("stdout has %d lines, want 5 (each request on one line):\n%.3000s", len(lines), out)
+			}
+			for _, line := range lines[2:] {
+				if len(line) > 2048 {
+					t.Errorf("a forgery's line is %d bytes, want a bounded few hundred: %.200q…", len(line), line)
+				}
+				for _, r := range line {
+					// JSON escapes control characters; the text line
+					// escapes whatever a terminal would not show as is.
+					if r < 0x20 || r == 0x7f || tc.name == "text" && (r == '\u202e' || r == utf8.RuneError) {
+						t.Errorf("a forgery's line holds %q unescaped: %q", r, line)
+					}
+				}
+			}
+			if tc.name == "text" {
+				wantContains(t, "log", out, strings.Repeat("r", 100)+"…(1000000 bytes)", strings.Repeat("u", 100)+"…(20000 bytes)", `id\xff\u202eevil`)
+				return
+			}
+			var big, odd, method listenLine
+			if json.Unmarshal([]byte(lines[2]), &big) != nil || json.Unmarshal([]byte(lines[3]), &odd) != nil || json.Unmarshal([]byte(lines[4]), &method) != nil {
+				t.Fatalf("delivery lines are not JSON:\n%.3000s", out)
+			}
+			if big.Path != "/"+strings.Repeat("p", logMax-1)+"…(10001 bytes)" {
+				t.Errorf("the long path was logged as %.200q, want %d bytes of it marked with its length", big.Path, logMax)
+			}
+			if len(method.Method) > logMax+20 || len(method.Error) > logErrMax+20 {
+				t.Errorf("the long method was logged as %d bytes and its error as %d, want at most %d and %d and a marker", len(method.Method), len(method.Error), logMax, logErrMax)
+			}
+			if big.RequestID != strings.Repeat("r", logMax)+"…(1000000 bytes)" || big.UserID != strings.Repeat("u", logMax)+"…(20000 bytes)" {
+				t.Errorf("the huge ids were logged as %.200q and %.200q, want %d bytes of each marked with its length", big.RequestID, big.UserID, logMax)
+			}
+			if odd.Path != "/x\n2026-01-01T00:00:00Z  200  fake\x1b[2J" || odd.RequestID != "id\ufffd\u202eevil" {
+				t.Errorf("JSON line holds path %q and request id %q, want them as sent (JSON escapes them)", odd.Path, odd.RequestID)
+			}
+		})
+	}
+}
+
+func TestClipAndEscape(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		max  int
+		want string
+	}{
+		{"", 4, ""},
+		{"abcd", 4, "abcd"},
+		{"abcde", 4, "abcd…(5 bytes)"},
+		{"ab€cd", 4, "ab…(7 bytes)"}, // not in the middle of €
+		{"€€", 3, "€…(6 bytes)"},
+	} {
+		if got := clip(tc.in, tc.max); got != tc.want {
+			t.Errorf("clip(%q, %d) = %q, want %q", tc.in, tc.max, got, tc.want)
+		}
+	}
+	for in, want := range map[string]string{
+		"plain id-1":        "plain id-1",
+		"été €":             "été €",
+		"a\nb\r\tc":         `a\nb\r\tc`,
+		"\x1b[2J\x00\x7f":   `\x1b[2J\x00\x7f`,
+		"bad\xff\xfe":       `bad\xff\xfe`,
+		"rtl\u202eoverride": `rtl\u202eoverride`,
+		"line\u2028sep":     `line\u2028sep`,
+		`back\slash "q"`:    `back\slash "q"`,
+	} {
+		if got := escape(in); got != want {
+			t.Errorf("escape(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// TestListenForwardReusesConnections sends deliveries 16 at a time through
+// listen --forward and counts the connections the app accepts: each
+// delivery in flight reuses one, instead of most opening their own.
+func TestListenForwardReusesConnections(t *testing.T) {
+	const conc, each = 16, 25
+	dir := t.TempDir()
+	fal := faltest.SignerFromName("listen test: fal")
+	jwks := writeTestFile(t, dir, "jwks.json", faltest.JWKS(fal))
+	var mu sync.Mutex // guards conns
+	conns := 0
+	target := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		io.WriteString(w, "handled")
+	}))
+	target.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			mu.Lock()
+			conns++
+			mu.Unlock()
+		}
+	}
+	target.Start()
+	defer target.Close()
+	l := startListen(t, "--user-id", faltest.DefaultUserID, "--jwks", jwks, "--forward", target.URL)
+
+	type signed struct {
+		h    faltest.Headers
+		body []byte
+	}
+	deliveries := make([]signed, conc*each)
+	for i := range deliveries {
+		body := faltest.OKBody(fmt.Sprintf("reuse-%d", i), json.RawMessage(`{}`))
+		deliveries[i] = signed{fal.Sign(faltest.Delivery{Body: body}), body}
+	}
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: conc}}
+	defer client.CloseIdleConnections()
+	var wg sync.WaitGroup
+	errs := make(chan error, conc)
+	for g := range conc {
+		wg.Go(func() {
+			for _, d := range deliveries[g*each : (g+1)*each] {
+				req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, l.hook, bytes.NewReader(d.body))
+				d.h.Set(req.Header)
+				resp, err := client.Do(req)
+				if err != nil {
+					errs <- err
+					return
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK || string(b) != "handled" {
+					errs <- fmt.Errorf("delivery answered %d %q, want the app's 200", resp.StatusCode, b)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	n := conns
+	mu.Unlock()
+	// One connection per delivery in flight; a few more when a delivery
+	// starts before the connection of the one before is back in the pool.
+	if n > 2*conc {
+		t.Errorf("the app accepted %d connections for %d deliveries %d at a time, want at most %d: the proxy does not keep its connections", n, conc*each, conc, 2*conc)
+	}
+	t.Logf("%d deliveries, %d at a time: the app accepted %d connections", conc*each, conc, n)
 }

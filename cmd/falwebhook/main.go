@@ -19,7 +19,7 @@
 // A local loop with a dev key, no fal account needed:
 //
 //	falwebhook keygen --out-key dev.key.pem --out-jwks dev.jwks.json
-//	falwebhook listen --jwks dev.jwks.json --forward http://127.0.0.1:3000/webhook
+//	falwebhook listen --jwks dev.jwks.json --user-id faltest-user --forward http://127.0.0.1:3000/webhook
 //	falwebhook send --key dev.key.pem http://127.0.0.1:8787/fal/webhook
 //
 // Dev key files (keygen --out-key, send --key) are PEM-encoded PKCS #8

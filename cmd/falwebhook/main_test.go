@@ -36,7 +36,12 @@ func TestMain(m *testing.M) {
 	}
 	http.DefaultTransport = tr
 	redis.SetLogger(redisLogger{}) // as main does
-	os.Exit(m.Run())
+	if kind := os.Getenv(benchChildEnv); kind != "" {
+		os.Exit(serveBenchChild(kind, os.Args[1:]))
+	}
+	code := m.Run()
+	stopBenchServers()
+	os.Exit(code)
 }
 
 // result is what one run of the command produced.
@@ -217,12 +222,14 @@ func TestDemo(t *testing.T) {
 	wantContains(t, "demo output", r.stdout,
 		"CASE", "SENT", "HTTP", "VERDICT", "EXPECTED?",
 		"ok ", "error-422", "tampered-body", "stale", "unknown-key", "no-signature",
+		"new-key", "late-forgery", "new-key-retry",
 		"request 5057fca7-2eb3-468f-b95d-cefe92b0b9d4, status OK",
 		"image https://v3.fal.media/files/lion/O853qAknYZGU8_2QCbJwd.jpeg, seed 17454220438242315174",
 		"Invalid status code: 422: body.prompt: field required (value_error.missing)",
 		"rejected: signature mismatch", "rejected: stale timestamp (-600s)", "rejected: missing header",
-		"fetched once",
-		"PASS: all 6 verdicts as expected.",
+		"rejected: key not fetched yet, retry in 59s",
+		"fetched twice",
+		"PASS: all 9 verdicts as expected.",
 	)
 	if strings.Contains(r.stdout, "NO:") {
 		t.Errorf("a demo verdict is not as expected:\n%s", r.stdout)
@@ -231,6 +238,7 @@ func TestDemo(t *testing.T) {
 	for _, row := range []struct{ name, status string }{
 		{"ok", "200"}, {"error-422", "200"}, {"tampered-body", "401"},
 		{"stale", "401"}, {"unknown-key", "401"}, {"no-signature", "400"},
+		{"new-key", "503"}, {"late-forgery", "503"}, {"new-key-retry", "200"},
 	} {
 		found := false
 		for _, line := range strings.Split(r.stdout, "\n") {
@@ -266,7 +274,7 @@ func TestFlagErrorMessages(t *testing.T) {
 		{[]string{"listen", "--forward-timeout", "1.5"}, `a duration needs a unit, such as 1.5s or 5m`},
 		{[]string{"send", "--timeout", "5min", "http://127.0.0.1:1/"}, `invalid value "5min" for flag -timeout: want a duration such as 30s, 5m or 1h30m`},
 		{[]string{"verify", "--jwks", key, capture}, key + " looks like a PEM private key; --jwks wants a JWKS document (keygen writes one as *.jwks.json)"},
-		{[]string{"listen", "--jwks", key}, key + " looks like a PEM private key; --jwks wants a JWKS document (keygen writes one as *.jwks.json)"},
+		{[]string{"listen", "--any-user", "--jwks", key}, key + " looks like a PEM private key; --jwks wants a JWKS document (keygen writes one as *.jwks.json)"},
 	} {
 		r := runCmd(t, "", tc.args...)
 		wantCode(t, r, exitUsage)

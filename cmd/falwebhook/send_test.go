@@ -71,7 +71,7 @@ func TestKeygen(t *testing.T) {
 
 	r := runCmd(t, "", "keygen", "--out-key", key, "--out-jwks", jwks)
 	wantCode(t, r, exitOK)
-	wantContains(t, "stdout", r.stdout, "wrote "+key, "wrote "+jwks, "listen --jwks "+jwks)
+	wantContains(t, "stdout", r.stdout, "wrote "+key, "wrote "+jwks, "listen --jwks "+jwks+" --user-id faltest-user")
 
 	fi, err := os.Stat(key)
 	if err != nil {

@@ -6,6 +6,14 @@
 //	go run ./cmd/receiver -router chi -user-id <your fal user id>
 //
 // Point a request's fal_webhook at http://<host>:8080/fal/webhook.
+//
+// To try it without fal, verify with development keys instead of fal's:
+// -jwks FILE reads a JWKS document such as "falwebhook keygen" writes, and
+// "falwebhook send" signs deliveries with its private key:
+//
+//	falwebhook keygen
+//	go run ./cmd/receiver -user-id dev-user -jwks falwebhook-dev.jwks.json
+//	falwebhook send -key falwebhook-dev.key.pem -user-id dev-user -sample ok http://127.0.0.1:8080/fal/webhook
 package main
 
 import (
@@ -38,27 +46,27 @@ func main() {
 	router := flag.String("router", "nethttp", "the recipe to run: nethttp, chi, gin, echo or fiber")
 	addr := flag.String("addr", ":8080", "the address to listen on")
 	userID := flag.String("user-id", "", "your fal user id (required); deliveries for other fal accounts are answered 403")
+	jwksFile := flag.String("jwks", "", "verify with the keys of the JWKS document in `FILE` (development keys, such as falwebhook keygen writes) instead of fal's")
 	flag.Parse()
 	if *userID == "" {
 		fmt.Fprintln(os.Stderr, "receiver: -user-id is required")
 		os.Exit(2)
 	}
-	if err := run(*router, *addr, *userID); err != nil {
+	if err := run(*router, *addr, *userID, *jwksFile); err != nil {
 		slog.Error("receiver", "err", err)
 		os.Exit(1)
 	}
 }
 
-func run(router, addr, userID string) error {
+func run(router, addr, userID, jwksFile string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
 	logger := slog.Default()
-	v := falwebhook.NewVerifier(
-		falwebhook.WithUserIDs(userID),
-		falwebhook.WithLogger(logger),
-		falwebhook.WithMaxBodySize(maxBody),
-	)
+	v, err := newVerifier(userID, jwksFile, logger)
+	if err != nil {
+		return err
+	}
 	// A wrong JWKS URL or a network policy blocking it fails here, not as
 	// 503 answers to fal.
 	if err := v.Refresh(ctx); err != nil {
@@ -121,6 +129,31 @@ func run(router, addr, userID string) error {
 	// Answer the deliveries in flight, then let the dedupe store record
 	// them, so that fal's retries are answered as duplicates.
 	return errors.Join(shutdown(sctx), <-errc, d.Shutdown(sctx))
+}
+
+// newVerifier returns the receiver's Verifier: pinned to userID, logging
+// to logger, with fal's keys, or with the keys of the JWKS document in
+// jwksFile when it is not empty.
+func newVerifier(userID, jwksFile string, logger *slog.Logger) (*falwebhook.Verifier, error) {
+	opts := []falwebhook.Option{
+		falwebhook.WithUserIDs(userID),
+		falwebhook.WithLogger(logger),
+		falwebhook.WithMaxBodySize(maxBody),
+	}
+	if jwksFile != "" {
+		data, err := os.ReadFile(jwksFile)
+		if err != nil {
+			return nil, fmt.Errorf("-jwks: %w", err)
+		}
+		keys, err := falwebhook.ParseJWKS(data)
+		if err != nil {
+			return nil, fmt.Errorf("-jwks %s: %w", jwksFile, err)
+		}
+		// Fixed keys: never refetched, so a mismatch is always a 401.
+		opts = append(opts, falwebhook.WithKeys(falwebhook.StaticKeys(keys...)))
+		logger.Warn("verifying with the keys of a JWKS file, not fal's: for development only", "file", jwksFile, "keys", len(keys))
+	}
+	return falwebhook.NewVerifier(opts...), nil
 }
 
 // handle is where the work goes; here it logs each result. An error makes

@@ -1,6 +1,7 @@
 // Package recipetest runs the same deliveries against every router recipe,
 // over a real loopback HTTP round trip, so that each recipe is held to the
-// same answers: 200 for a genuine delivery, 401 for a tampered body, 400 for
+// same answers: 200 for a genuine delivery, 401 for a tampered body (on a
+// cold cache, so the key fetch it causes settles it), 400 for
 // a repeated fal header, 403 for another fal account, one run per request id
 // (409 with Retry-After while it runs, 500 and a fresh run when it fails),
 // 413 over the body limit and 503 with Retry-After when the keys cannot be
