@@ -59,7 +59,7 @@ func both(t *testing.T, onSQLite func(*testing.T, *backend[*sql.Tx]), onPostgres
 	t.Run("postgres", func(t *testing.T) { onPostgres(t, newPostgres(t)) })
 }
 
-func newSQLite(t *testing.T) *backend[*sql.Tx] {
+func newSQLite(t testing.TB) *backend[*sql.Tx] {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "inbox.db")
 	db, err := falsqlite.Open(context.Background(), path)
@@ -128,7 +128,7 @@ func newDatabase(t testing.TB) string {
 	return u.String()
 }
 
-func newPostgres(t *testing.T) *backend[pgx.Tx] {
+func newPostgres(t testing.TB) *backend[pgx.Tx] {
 	t.Helper()
 	u := newDatabase(t)
 	pool, err := pgxpool.New(context.Background(), u)
