@@ -41,6 +41,7 @@ replace (
 	github.com/falwebhook/falwebhook => $root
 	github.com/falwebhook/falwebhook/awslambda => $root/awslambda
 	github.com/falwebhook/falwebhook/falotel => $root/falotel
+	github.com/falwebhook/falwebhook/falriver => $root/falriver
 	github.com/falwebhook/falwebhook/redisdedupe => $root/redisdedupe
 )
 EOM

@@ -32,7 +32,7 @@ func testInbox(t *testing.T, opts ...Option) (*inbox[*sql.Tx], *river.Client[*sq
 	for _, o := range opts {
 		o(&cfg)
 	}
-	return &inbox[*sql.Tx]{cfg: cfg, client: c}, c, path
+	return &inbox[*sql.Tx]{cfg: cfg, client: c, flushers: 1}, c, path
 }
 
 func args(id string) Args {
@@ -72,7 +72,7 @@ func waitState(t *testing.T, in *inbox[*sql.Tx], what string, cond func(queued i
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		in.mu.Lock()
-		ok := cond(len(in.queue), in.flushing)
+		ok := cond(len(in.queue), in.flushing > 0)
 		in.mu.Unlock()
 		if ok {
 			return
@@ -204,7 +204,7 @@ func TestInsertTimeoutFreesTheFlusher(t *testing.T) {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		in.mu.Lock()
-		free := !in.flushing
+		free := in.flushing == 0
 		in.mu.Unlock()
 		if free {
 			return

@@ -3,6 +3,7 @@ package falriver_test
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"fmt"
 	"io"
 	"net/http"
@@ -16,6 +17,7 @@ import (
 	"github.com/falwebhook/falwebhook"
 	"github.com/falwebhook/falwebhook/falriver"
 	"github.com/falwebhook/falwebhook/faltest"
+	"github.com/jackc/pgx/v5"
 	"github.com/riverqueue/river"
 )
 
@@ -24,7 +26,9 @@ import (
 // handler that answers 200 at once), by the inbox on SQLite and by the
 // inbox on Postgres (when FALWEBHOOK_POSTGRES_URL is set), with 32
 // concurrent senders over loopback and workers busy processing what was
-// stored. It reports deliveries per second, their ratio to the floor, the
+// stored, and by a naive inbox (one insert and one commit per delivery,
+// through Enqueue) on each. It reports deliveries per second, their ratio
+// to the floor, the
 // acknowledgement latency's p50 and p99, and the database bytes per stored
 // delivery (1 KiB payloads):
 //
@@ -108,10 +112,31 @@ func BenchmarkInboxAck(b *testing.B) {
 		return w
 	}
 
+	// naive is an inbox without group commit: one insert and one commit per
+	// delivery, through Enqueue.
+	naive := func(c interface {
+		enqueue(ctx context.Context, a falriver.Args) (bool, error)
+	}) http.Handler {
+		return f.v.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			a, err := falriver.ArgsFromRequest(r)
+			if err == nil {
+				_, err = c.enqueue(r.Context(), a)
+			}
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			}
+		}))
+	}
+
+	sqn := newSQLite(b)
+	var p50, p99 time.Duration
+	rate, _, _ := run(serve(b, naive(enqueuer[*sql.Tx]{sqn.client(b, busyWorkers(), nil)})).URL, reqs("sqlite-naive"))
+	b.ReportMetric(rate/floorRate, "sqlite-naive-ratio")
+
 	sq := newSQLite(b)
 	sc := sq.client(b, busyWorkers(), nil)
 	before := fileSize(sq.sqlite)
-	rate, p50, p99 := run(serve(b, falriver.NewInbox(f.v, sc)).URL, reqs("sqlite"))
+	rate, p50, p99 = run(serve(b, falriver.NewInbox(f.v, sc)).URL, reqs("sqlite"))
 	b.ReportMetric(rate, "sqlite/s")
 	b.ReportMetric(rate/floorRate, "sqlite-ratio")
 	b.ReportMetric(float64(p50.Microseconds())/1000, "sqlite-p50-ms")
@@ -121,6 +146,10 @@ func BenchmarkInboxAck(b *testing.B) {
 	if os.Getenv(postgresEnv) == "" {
 		return
 	}
+	pgn := newPostgres(b)
+	rate, _, _ = run(serve(b, naive(enqueuer[pgx.Tx]{pgn.client(b, busyWorkers(), nil)})).URL, reqs("postgres-naive"))
+	b.ReportMetric(rate/floorRate, "postgres-naive-ratio")
+
 	pg := newPostgres(b)
 	pc := pg.client(b, busyWorkers(), nil)
 	var pgBefore int64
@@ -133,6 +162,14 @@ func BenchmarkInboxAck(b *testing.B) {
 	b.ReportMetric(float64(p50.Microseconds())/1000, "postgres-p50-ms")
 	b.ReportMetric(float64(p99.Microseconds())/1000, "postgres-p99-ms")
 	b.ReportMetric(float64(pgAfter-pgBefore)/float64(n), "postgres-B/delivery")
+}
+
+// enqueuer stores a delivery with Enqueue.
+type enqueuer[TTx any] struct{ c *river.Client[TTx] }
+
+func (e enqueuer[TTx]) enqueue(ctx context.Context, a falriver.Args) (bool, error) {
+	res, err := falriver.Enqueue(ctx, e.c, a)
+	return err == nil && res.UniqueSkippedAsDuplicate, err
 }
 
 func fileSize(path string) int64 {

@@ -128,19 +128,30 @@ func NewInbox[TTx any](v *falwebhook.Verifier, c *river.Client[TTx], opts ...Opt
 	case cfg.now == nil:
 		panic("falriver: WithClock with a nil clock")
 	}
-	in := &inbox[TTx]{cfg: cfg, client: c}
+	in := &inbox[TTx]{cfg: cfg, client: c, flushers: flushersFor(c.Driver().DatabaseName())}
 	return v.Middleware(in)
 }
 
 // inbox is the handler behind the Verifier's middleware.
 type inbox[TTx any] struct {
-	cfg    inboxConfig
-	client *river.Client[TTx]
+	cfg      inboxConfig
+	client   *river.Client[TTx]
+	flushers int // at most this many transactions at once
 
 	mu       sync.Mutex
 	queue    []*pending
 	bytes    int64 // body bytes in queue
-	flushing bool  // a flush goroutine is running
+	flushing int   // flush goroutines running
+}
+
+// flushersFor returns how many insert transactions the inbox runs at once
+// on a database: one on SQLite, which has one writer; several on Postgres,
+// whose commits overlap.
+func flushersFor(database string) int {
+	if database == "sqlite" {
+		return 1
+	}
+	return 4
 }
 
 // pending is one delivery waiting for its insert.
@@ -206,8 +217,8 @@ func (in *inbox[TTx]) store(ctx context.Context, args Args) (duplicate bool, err
 	}
 	in.queue = append(in.queue, p)
 	in.bytes += size
-	if !in.flushing {
-		in.flushing = true
+	if in.flushing < in.flushers {
+		in.flushing++
 		go in.flush()
 	}
 	in.mu.Unlock()
@@ -230,7 +241,7 @@ func (in *inbox[TTx]) flush() {
 		in.mu.Lock()
 		n := min(len(in.queue), maxBatch)
 		if n == 0 {
-			in.flushing = false
+			in.flushing--
 			in.queue = nil
 			in.mu.Unlock()
 			return
