@@ -22,5 +22,3 @@ require (
 	golang.org/x/crypto v0.53.0 // indirect
 	golang.org/x/sys v0.46.0 // indirect
 )
-
-replace github.com/falwebhook/falwebhook => ../

@@ -3,7 +3,7 @@ module github.com/falwebhook/falwebhook/falriver
 go 1.26.0
 
 require (
-	github.com/falwebhook/falwebhook v0.0.0-00010101000000-000000000000
+	github.com/falwebhook/falwebhook v0.1.0
 	github.com/jackc/pgx/v5 v5.13.0
 	github.com/riverqueue/river v0.51.2
 	github.com/riverqueue/river/riverdriver v0.51.2
@@ -46,5 +46,3 @@ require (
 	modernc.org/mathutil v1.7.1 // indirect
 	modernc.org/memory v1.12.1 // indirect
 )
-
-replace github.com/falwebhook/falwebhook => ../

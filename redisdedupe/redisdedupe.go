@@ -17,11 +17,9 @@
 //
 //	inprogress:<token>   claimed by the claim with that token; expires after the lease
 //	done:<token>         completed by the claim with that token; expires after the completed TTL
-//	done                 completed, written by versions before tokens were kept in done records
 //
 // where the token is 26 random base32 characters (128 bits, from
-// crypto/rand.Text), drawn once per Claim. The store reads a tokenless
-// "done" as completed by another claim. Any other value is not a dedupe
+// crypto/rand.Text), drawn once per Claim. Any other value is not a dedupe
 // record: the store changes nothing and returns an error that does not
 // wrap falwebhook.ErrClaimLost.
 //
@@ -49,16 +47,6 @@
 // finding its own record in the way. Every operation touches one key, so
 // the store works on Redis Cluster too. The store needs Redis 2.6.12 or
 // later (EVALSHA, SET with PX).
-//
-// # Upgrading
-//
-// This version reads records written by versions that stored a tokenless
-// "done", so replicas may be upgraded one at a time. Those versions do not
-// read done:<token>: their Claim fails on it ("not a dedupe record"), so
-// until every replica is upgraded, an old replica answers a duplicate of a
-// delivery that a new replica completed with 503 (fal retries it later),
-// or, when it fails open (Dedupe.FailOpen), runs the handler
-// again. Do not fail open during the upgrade.
 //
 // # Timeouts and retries
 //
@@ -140,7 +128,6 @@ const DefaultPrefix = "falwebhook:dedupe:"
 const (
 	inProgressPrefix = "inprogress:" // followed by the claim's token
 	donePrefix       = "done:"       // followed by the token of the claim that completed it
-	doneLegacy       = "done"        // completed, by a version that did not keep the token
 )
 
 // errCompletedByClaim is wrapped by Release's error when the claim's own
@@ -183,7 +170,7 @@ end
 if v == ARGV[2] then
 	return 1
 end
-if v == 'done' or string.sub(v, 1, 5) == 'done:' then
+if string.sub(v, 1, 5) == 'done:' then
 	return 3
 end
 if string.sub(v, 1, 11) == 'inprogress:' then
@@ -207,7 +194,7 @@ end
 if v == ARGV[2] then
 	return 4
 end
-if v == 'done' or string.sub(v, 1, 5) == 'done:' then
+if string.sub(v, 1, 5) == 'done:' then
 	return 3
 end
 if string.sub(v, 1, 11) == 'inprogress:' then
@@ -282,7 +269,7 @@ func (s *Store) claim(ctx context.Context, requestID, token string, lease time.D
 		switch {
 		case strings.HasPrefix(v, inProgressPrefix):
 			return falwebhook.ClaimInProgress, "", nil
-		case v == doneLegacy || strings.HasPrefix(v, donePrefix):
+		case strings.HasPrefix(v, donePrefix):
 			return falwebhook.ClaimCompleted, "", nil
 		}
 		return 0, "", fmt.Errorf("redisdedupe: claim %s: the key holds %q, not a dedupe record", key, truncate(v))

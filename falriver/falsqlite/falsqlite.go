@@ -26,7 +26,6 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"os"
 	"strings"
 	"time"
 
@@ -160,6 +159,3 @@ func resume(ctx context.Context, db *sql.DB) (int, error) {
 		n += len(jobs)
 	}
 }
-
-// errUnsupported is returned by lock where file locks are not available.
-var errUnsupported = fmt.Errorf("falsqlite: file locks are not supported on this system: %w", os.ErrInvalid)
