@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strconv"
 	"time"
+	"unicode/utf8"
 )
 
 // Errors of the HTTP layer, in addition to those of Verify.
@@ -426,13 +427,31 @@ func (v *Verifier) logRejection(ctx context.Context, h http.Header, remote strin
 	l.LogAttrs(ctx, level, "falwebhook: rejected delivery", attrs...)
 }
 
+// maxLoggedID is the most of an unverified request id a log line holds.
+const maxLoggedID = 128
+
 // firstRequestID returns the first X-Fal-Webhook-Request-Id value in h,
-// under any spelling, for logs about requests that may be malformed.
+// under any spelling, for logs about requests that may be malformed: at
+// most maxLoggedID bytes of it, cut at a character boundary and marked
+// with its length, since a forger chooses it.
 func firstRequestID(h http.Header) string {
 	for k, vs := range h {
 		if len(vs) > 0 && headerIndex(k) == 0 {
-			return vs[0]
+			return clipForLog(vs[0], maxLoggedID)
 		}
 	}
 	return ""
+}
+
+// clipForLog returns s, or its first n bytes (fewer, to end on a whole
+// UTF-8 character) and a note of its length.
+func clipForLog(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…(" + strconv.Itoa(len(s)) + " bytes)"
 }

@@ -994,3 +994,19 @@ func TestVerifyLogsAndBoundsBody(t *testing.T) {
 		t.Errorf("Verify's rejection was not logged: %s", logs.String())
 	}
 }
+
+// A forger's request id reaches the log bounded: a 1 MB id logs at most
+// 128 bytes of it and its length.
+func TestRejectionLogClipsRequestID(t *testing.T) {
+	var logs strings.Builder
+	v := NewVerifier(WithKeys(StaticKeys(make([]byte, 32))), WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+	h := v.Middleware(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { t.Error("handler called") }))
+	id := "a" + strings.Repeat("é", 499_999) + "b" // 1 MB; byte 128 is inside a character
+	r := httptest.NewRequest(http.MethodPost, "/", strings.NewReader("{}"))
+	r.Header.Set(HeaderRequestID, id)
+	h.ServeHTTP(httptest.NewRecorder(), r)
+	out := logs.String()
+	if len(out) > 2048 || !strings.Contains(out, "a"+strings.Repeat("é", 63)+"…(1000000 bytes)") {
+		t.Fatalf("log line of %d bytes, want the id clipped to 128 bytes with its length: %.300s", len(out), out)
+	}
+}
