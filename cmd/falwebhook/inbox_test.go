@@ -598,12 +598,20 @@ func TestListenInboxPostgres(t *testing.T) {
 			checkForwarded(t, id, arr, i+1)
 		}
 	}
+	// The app has answered; each gateway counts the forward once it has
+	// read that answer, a moment later: poll, bounded.
 	var forwarded float64
-	for _, l := range ls {
-		_, text := get(t, l.admin+"/metrics")
-		forwarded += metric(t, text, "falwebhook_inbox_forwarded_total")
-		if got := metric(t, text, "falwebhook_inbox_resumed_at_start"); got != -1 {
-			t.Errorf("falwebhook_inbox_resumed_at_start on Postgres: %v, want it absent", got)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		forwarded = 0
+		for _, l := range ls {
+			_, text := get(t, l.admin+"/metrics")
+			forwarded += metric(t, text, "falwebhook_inbox_forwarded_total")
+			if got := metric(t, text, "falwebhook_inbox_resumed_at_start"); got != -1 {
+				t.Errorf("falwebhook_inbox_resumed_at_start on Postgres: %v, want it absent", got)
+			}
+		}
+		if forwarded >= float64(len(ids)) || time.Now().After(deadline) {
+			break
 		}
 	}
 	if forwarded != float64(len(ids)) {
