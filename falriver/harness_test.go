@@ -177,7 +177,6 @@ func (b *backend[TTx]) client(t testing.TB, workers *river.Workers, cfg *river.C
 // jobs returns every delivery job, in id order.
 func jobs[TTx any](t testing.TB, c *river.Client[TTx]) []*rivertype.JobRow {
 	t.Helper()
-	var all []*rivertype.JobRow
 	p := river.NewJobListParams().Kinds(falriver.Kind).First(10000).
 		States(rivertype.JobStateAvailable, rivertype.JobStateCancelled, rivertype.JobStateCompleted, rivertype.JobStateDiscarded,
 			rivertype.JobStatePending, rivertype.JobStateRetryable, rivertype.JobStateRunning, rivertype.JobStateScheduled)
@@ -185,8 +184,7 @@ func jobs[TTx any](t testing.TB, c *river.Client[TTx]) []*rivertype.JobRow {
 	if err != nil {
 		t.Fatal(err)
 	}
-	all = append(all, res.Jobs...)
-	return all
+	return res.Jobs
 }
 
 // waitFor polls cond every 20 ms until it holds or 30 s pass.

@@ -1,11 +1,11 @@
 package falriver
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"slices"
@@ -264,10 +264,13 @@ func (in *inbox[TTx]) flush() {
 func (in *inbox[TTx]) insert(batch []*pending) {
 	slices.SortStableFunc(batch, func(a, b *pending) int { return cmp.Compare(a.args.RequestID, b.args.RequestID) })
 	params := make([]river.InsertManyParams, 0, len(batch))
+	row := make([]int, len(batch)) // batch[i]'s index in params
 	for i, p := range batch {
 		if i > 0 && p.args.RequestID == batch[i-1].args.RequestID {
+			row[i] = row[i-1]
 			continue
 		}
+		row[i] = len(params)
 		params = append(params, river.InsertManyParams{Args: p.args})
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), in.cfg.timeout)
@@ -276,19 +279,14 @@ func (in *inbox[TTx]) insert(batch []*pending) {
 	if err == nil && len(res) != len(params) {
 		err = fmt.Errorf("river returned %d results for %d jobs", len(res), len(params))
 	}
-	j := -1
 	for i, p := range batch {
-		first := i == 0 || p.args.RequestID != batch[i-1].args.RequestID
-		if first {
-			j++
-		}
 		switch {
 		case err != nil:
 			p.done <- outcome{err: fmt.Errorf("%w: %w", ErrStore, err)}
-		case !first:
+		case i > 0 && row[i] == row[i-1]: // the same request id again: its row is the one before
 			p.done <- outcome{duplicate: true}
 		default:
-			p.done <- outcome{duplicate: res[j].UniqueSkippedAsDuplicate}
+			p.done <- outcome{duplicate: res[row[i]].UniqueSkippedAsDuplicate}
 		}
 	}
 }
@@ -311,29 +309,12 @@ func ArgsFromRequest(r *http.Request) (Args, error) {
 	if hs.RequestID != ev.RequestID {
 		return Args{}, fmt.Errorf("%w: body of request %q delivered as %q", ErrInvalidArgs, ev.RequestID, hs.RequestID)
 	}
-	body := make([]byte, 0, max(r.ContentLength, 0))
-	body, err = readAll(r.Body, body)
-	if err != nil {
+	var body bytes.Buffer
+	body.Grow(int(max(r.ContentLength, 0)) + bytes.MinRead) // the middleware set it exactly: one allocation
+	if _, err := body.ReadFrom(r.Body); err != nil {
 		return Args{}, fmt.Errorf("%w: reading the verified body: %w", ErrNotVerified, err)
 	}
-	return Args{RequestID: hs.RequestID, UserID: hs.UserID, Body: body, Source: SourceWebhook}, nil
-}
-
-// readAll appends what r reads to b.
-func readAll(r io.Reader, b []byte) ([]byte, error) {
-	for {
-		if len(b) == cap(b) {
-			b = append(b, 0)[:len(b)]
-		}
-		n, err := r.Read(b[len(b):cap(b)])
-		b = b[:len(b)+n]
-		if err == io.EOF {
-			return b, nil
-		}
-		if err != nil {
-			return b, err
-		}
-	}
+	return Args{RequestID: hs.RequestID, UserID: hs.UserID, Body: body.Bytes(), Source: SourceWebhook}, nil
 }
 
 // check returns an ErrInvalidArgs error if args is not a delivery.

@@ -292,15 +292,7 @@ func (ib *gatewayInbox) openPostgres(ctx context.Context, u string, cfg *river.C
 			return nil, err
 		}
 		defer rows.Close()
-		var out []stateCount
-		for rows.Next() {
-			var s stateCount
-			if err := rows.Scan(&s.state, &s.count, &s.oldest); err != nil {
-				return nil, err
-			}
-			out = append(out, s)
-		}
-		return out, rows.Err()
+		return scanStates(rows)
 	}
 	ib.closeDB = pool.Close
 	return nil
@@ -622,6 +614,15 @@ func queryStates(ctx context.Context, db *sql.DB, query string) ([]stateCount, e
 		return nil, err
 	}
 	defer rows.Close()
+	return scanStates(rows)
+}
+
+// scanStates reads the rows of a states query, from database/sql or pgx.
+func scanStates(rows interface {
+	Next() bool
+	Scan(dest ...any) error
+	Err() error
+}) ([]stateCount, error) {
 	var out []stateCount
 	for rows.Next() {
 		var s stateCount
